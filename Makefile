@@ -1,0 +1,47 @@
+# brainkit's two commands (README.md):
+#   make run    the main job: verify (or generate) data_samples/, execute every lesson notebook into runs/
+#   make test   the whole test suite: library == notebooks, clean notebooks, pytest, every notebook executes
+# Each one creates the project-local virtual environment .venv on first use (Python >= 3.10 and pip only).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.brainkit-installed
+# Jupyter and IPython write runtime and profile files: keep them in the project, never in $HOME.
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/$(VENV)/jupyter-runtime
+export IPYTHONDIR := $(CURDIR)/$(VENV)/ipython
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test venv export clean-nbs readme bench help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run    # main job: samples + every lesson notebook, executed into runs/"
+	@echo "make test   # the whole test suite"
+
+$(STAMP): settings.ini setup.py constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "brainkit needs Python >= 3.10; set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || { echo "Creating $(VENV) with $(PYTHON) (first run only)"; $(PYTHON) -m venv $(VENV); }
+	@echo "Installing brainkit[dev] into $(VENV) (torch pinned by constraints.txt) ..."
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/brainkit samples verify --generate-missing
+	$(BIN)/brainkit lessons --out runs/lessons
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+# --- developer helpers (not part of the two commands) ---
+export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild README.md
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/python -m brainkit.cli readme
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
