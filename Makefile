@@ -41,7 +41,7 @@ test: $(STAMP)
 export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild README.md
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
-	$(BIN)/python -m brainkit.cli readme
+	$(BIN)/python .ci/readme.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

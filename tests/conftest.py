@@ -1,0 +1,95 @@
+"Shared fixtures for brainkit's tests: tiny synthetic NIfTI files in tmp_path, and the bundled samples."
+import os
+
+os.environ.setdefault('MPLBACKEND', 'Agg')  # no display in CI; set before anything imports matplotlib
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainkit.io import samples_dir
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_SAMPLES = TESTS_DIR.parent/'data_samples'
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a test that takes tens of seconds (still runs by default; deselect with -m "not slow")')
+
+
+def write_nifti(path, data, affine=None, qform_code=1, sform_code=1, dtype=None, descrip=None) -> Path:
+    "Write `data` to `path` (.nii or .nii.gz) with nibabel, with explicit qform/sform codes."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data)
+    affine = np.eye(4) if affine is None else np.asarray(affine, float)
+    img = nib.Nifti1Image(data, affine)
+    if dtype is not None: img.set_data_dtype(dtype)
+    img.header.set_qform(affine if qform_code else None, code=qform_code)
+    img.header.set_sform(affine if sform_code else None, code=sform_code)
+    if descrip is not None: img.header['descrip'] = descrip
+    nib.save(img, path)
+    return path
+
+
+def write_raw_nifti(path, hdr: nib.Nifti1Header, data: np.ndarray) -> Path:
+    "Write a single-file NIfTI-1 by hand (header bytes + Fortran-order voxels), so nibabel cannot rescale it."
+    path = Path(path)
+    hdr = hdr.copy()
+    hdr['vox_offset'] = 352
+    hdr['magic'] = b'n+1'
+    blob = hdr.binaryblock + b'\0' * 4 + np.asarray(data).tobytes(order='F')
+    path.write_bytes(gzip.compress(blob, mtime=0) if path.name.endswith('.gz') else blob)
+    return path
+
+
+@pytest.fixture
+def nifti():
+    "The `write_nifti` helper, as a fixture."
+    return write_nifti
+
+
+@pytest.fixture
+def raw_nifti():
+    "The `write_raw_nifti` helper, as a fixture."
+    return write_raw_nifti
+
+
+@pytest.fixture(scope='session')
+def samples() -> Path:
+    "The bundled data_samples folder, found the way users find it."
+    root = samples_dir()
+    assert (root/'MANIFEST.json').is_file()
+    return root
+
+
+BRATS21_MODS = ('t1', 't1ce', 't2', 'flair', 'seg')
+
+
+def make_brats21_subject(root, sid, shape=(4, 5, 6), affine=None, skip=(), overrides=None, seed=0) -> Path:
+    """A tiny BraTS 2021 subject folder `root/sid` with every modality (minus `skip`).
+    `overrides` maps a modality to (data, affine) replacing the default; images are positive float32,
+    the seg holds labels 0/1/2/4."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([-1., -1., 1., 1.]) if affine is None else affine
+    d = Path(root)/sid
+    d.mkdir(parents=True, exist_ok=True)
+    overrides = overrides or {}
+    for m in BRATS21_MODS:
+        if m in skip: continue
+        if m in overrides: data, aff = overrides[m]
+        elif m == 'seg':
+            data, aff = rng.choice(np.array([0, 1, 2, 4], np.uint8), size=shape), affine
+        else:
+            data, aff = rng.uniform(10, 100, shape).astype(np.float32), affine
+        write_nifti(d/f'{sid}_{m}.nii.gz', data, aff)
+    return d
+
+
+@pytest.fixture
+def brats_subject():
+    "The `make_brats21_subject` helper, as a fixture."
+    return make_brats21_subject

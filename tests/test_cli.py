@@ -1,0 +1,109 @@
+"The `brainkit` command, run as a user runs it: a subprocess, its output and its exit code."
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from brainkit.io import samples_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = Path(sys.executable).parent/'brainkit'
+
+def brainkit(*args, cwd=None, env=None):
+    env = {**os.environ, 'JUPYTER_RUNTIME_DIR': os.environ.get('JUPYTER_RUNTIME_DIR', '/tmp/brainkit-jupyter-runtime'), **(env or {})}
+    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+def test_entry_point_is_installed():
+    r = brainkit('--version')
+    assert r.returncode == 0 and r.stdout.startswith('brainkit ')
+
+def test_wrong_command_line_exits_2():
+    assert brainkit('scan').returncode == 2
+    assert brainkit('no-such-command').returncode == 2
+
+def test_info_reports_orientation_and_labels():
+    f = samples_dir('hcp')/'000001'/'T1w'/'T1w_acpc_dc_restore_brain.nii.gz'
+    seg = samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz'
+    r = brainkit('info', '--json', f, seg)
+    assert r.returncode == 0, r.stderr
+    a, b = map(json.loads, r.stdout.splitlines())
+    assert (a['source_orientation'], a['shape'], a['spacing_mm']) == ('LAS', [80, 96, 80], [2.0, 2.0, 2.0])
+    assert set(b['labels']) <= {'0', '1', '2', '4'} and b['source_orientation'] == 'LPS'
+
+def test_info_on_a_missing_file_names_it_without_traceback(tmp_path):
+    r = brainkit('info', tmp_path/'absent.nii.gz')
+    assert r.returncode == 1 and 'absent.nii.gz: no such file' in r.stderr and 'Traceback' not in r.stderr
+
+@pytest.mark.parametrize('name', ['brats', 'hcp', 'ucsf', 'oracle'])
+def test_scan_passes_on_the_samples(name):
+    r = brainkit('-q', 'scan', samples_dir(name))
+    assert r.returncode == 0, r.stderr
+    assert 'passed' in r.stdout
+
+def test_scan_lists_every_bad_subject(tmp_path):
+    src = samples_dir('brats')
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002', 'BraTS2021_90003'):
+        shutil.copytree(src/sid, tmp_path/sid)
+    (tmp_path/'BraTS2021_90000'/'BraTS2021_90000_flair.nii.gz').unlink()
+    t2 = tmp_path/'BraTS2021_90002'/'BraTS2021_90002_t2.nii.gz'
+    t2.write_bytes(t2.read_bytes()[:4000])
+    r = brainkit('-q', 'scan', tmp_path)
+    assert r.returncode == 1
+    assert 'BraTS2021_90000_flair.nii.gz' in r.stderr and 'BraTS2021_90002_t2.nii.gz' in r.stderr
+    assert '2 of 4 subjects have problems' in r.stderr
+    assert '- BraTS2021_90001' not in r.stderr and '- BraTS2021_90003' not in r.stderr
+    # headers only: the missing file is found, the truncated voxels are not read
+    r = brainkit('-q', 'scan', '--headers-only', tmp_path)
+    assert r.returncode == 1 and 'BraTS2021_90000_flair.nii.gz' in r.stderr
+
+def test_scan_of_an_unrecognised_folder_says_what_to_do(tmp_path):
+    (tmp_path/'notes.txt').write_text('hello')
+    r = brainkit('scan', tmp_path)
+    assert r.returncode == 1 and 'matches no known dataset layout' in r.stderr and "dataset=" in r.stderr
+
+def test_samples_verify_passes_and_catches_a_modified_file(tmp_path):
+    r = brainkit('-q', 'samples', 'verify')
+    assert r.returncode == 0 and 'match MANIFEST.json' in r.stdout
+    # a copy with one file changed, and its manifest trimmed to the copied files
+    root = samples_dir()
+    manifest = json.loads((root/'MANIFEST.json').read_text())
+    keep = [k for k in manifest['files'] if k.startswith('BraTS2021/BraTS2021_90000/')]
+    for k in keep: (tmp_path/k).parent.mkdir(parents=True, exist_ok=True); shutil.copy(root/k, tmp_path/k)
+    (tmp_path/'MANIFEST.json').write_text(json.dumps({**manifest, 'files': {k: manifest['files'][k] for k in keep}}))
+    f = tmp_path/keep[0]; data = bytearray(f.read_bytes()); data[100] ^= 0xFF; f.write_bytes(bytes(data))
+    r = brainkit('-q', 'samples', 'verify', '--dir', tmp_path)
+    assert r.returncode == 1 and keep[0].split('/')[-1] in r.stderr and 'brainkit samples generate' in r.stderr
+
+def test_samples_generate_missing_builds_a_small_folder(tmp_path, monkeypatch):
+    # the same code path as `--generate-missing`, with fewer subjects to stay fast
+    from brainkit.phantom import generate_samples, verify_samples
+    m = generate_samples(tmp_path/'s', counts={'brats': 1, 'hcp': 1, 'ucsf': 1}, progress=False)
+    # brats: 4 contrasts + seg + tissues; hcp: T1w, T2w + tissues + 4 oracle contrasts; ucsf: 8 + seg + tissues; README
+    assert verify_samples(tmp_path/'s') == [] and len(m['files']) == 6 + 7 + 10 + 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')], "temporary folders left behind"
+
+def _notebook(path, code):
+    nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_code_cell(c) for c in code]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, path)
+
+def test_lessons_run_every_notebook_and_survive_a_failure(tmp_path):
+    nbs = tmp_path/'nbs'; nbs.mkdir()
+    _notebook(nbs/'00_ok.ipynb', ['x = 1 + 1', 'print("two", x)'])
+    _notebook(nbs/'01_broken.ipynb', ['raise ValueError("this lesson is broken")'])
+    _notebook(nbs/'02_after.ipynb', ['from pathlib import Path; print(Path.cwd().name)'])
+    _notebook(nbs/'index.ipynb', ['raise SystemExit("index is not a lesson")'])
+    out = tmp_path/'runs'
+    r = brainkit('-q', 'lessons', '--nbs', nbs, '--out', out)
+    assert r.returncode == 1 and '01_broken.ipynb' in r.stderr
+    summary = json.loads((out/'summary.json').read_text())
+    assert {k: v['status'] for k,v in summary.items()} == {'00_ok.ipynb': 'ok', '01_broken.ipynb': 'failed', '02_after.ipynb': 'ok'}
+    assert 'this lesson is broken' in summary['01_broken.ipynb']['error']
+    assert (out/'01_broken.FAILED.ipynb').exists() and not (out/'01_broken.ipynb').exists()
+    assert not list(out.glob('.*')), "a partial notebook was left behind"
+    ran = nbformat.read(out/'02_after.ipynb', as_version=4)
+    assert ran.cells[0].outputs[0]['text'].strip() == 'nbs'          # run from the notebooks' own folder
+    assert str(out.resolve()) in r.stdout                            # says where the outputs are
+    r = brainkit('-q', 'lessons', '--nbs', nbs, '--out', out, '--only', '00')
+    assert r.returncode == 0 and list(json.loads((out/'summary.json').read_text())) == ['00_ok.ipynb']
