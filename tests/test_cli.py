@@ -28,7 +28,7 @@ def test_info_reports_orientation_and_labels():
     r = brainkit('info', '--json', f, seg)
     assert r.returncode == 0, r.stderr
     a, b = map(json.loads, r.stdout.splitlines())
-    assert (a['source_orientation'], a['shape'], a['spacing_mm']) == ('LAS', [80, 96, 80], [2.0, 2.0, 2.0])
+    assert (a['source_orientation'], a['shape'], a['spacing_mm']) == ('LAS', [80, 96, 88], [2.0, 2.0, 2.0])
     assert set(b['labels']) <= {'0', '1', '2', '4'} and b['source_orientation'] == 'LPS'
 
 def test_info_on_a_missing_file_names_it_without_traceback(tmp_path):
@@ -107,3 +107,40 @@ def test_lessons_run_every_notebook_and_survive_a_failure(tmp_path):
     assert str(out.resolve()) in r.stdout                            # says where the outputs are
     r = brainkit('-q', 'lessons', '--nbs', nbs, '--out', out, '--only', '00')
     assert r.returncode == 0 and list(json.loads((out/'summary.json').read_text())) == ['00_ok.ipynb']
+
+
+# --- found by review ---
+
+def test_info_describes_4d_files_atlases_and_nan_volumes_and_keeps_going(tmp_path):
+    import nibabel as nib, numpy as np
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), tmp_path/'series.nii.gz')
+    atlas = np.zeros((6, 6, 6), np.int16); atlas[1:3] = 2035; atlas[3:5] = 17
+    nib.save(nib.Nifti1Image(atlas, np.eye(4)), tmp_path/'aparc+aseg.nii.gz')
+    nan = np.ones((4, 4, 4), np.float32); nan[0, 0, :2] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path/'nan.nii.gz')
+    r = brainkit('info', '--json', tmp_path/'series.nii.gz', tmp_path/'missing.nii.gz', tmp_path/'aparc+aseg.nii.gz',
+                 tmp_path/'nan.nii.gz')
+    assert r.returncode == 1 and 'missing.nii.gz: no such file' in r.stderr      # reported, and the others still described
+    series, atlas_d, nan_d = map(json.loads, r.stdout.splitlines())
+    assert series['shape'] == [4, 4, 4, 3] and '3 volumes' in series['note']
+    assert atlas_d['labels'] == {'0': 72, '17': 72, '2035': 72}
+    assert nan_d['nonfinite_voxels'] == 2
+
+
+def test_lessons_run_in_this_interpreter_even_if_another_python3_kernel_is_registered(tmp_path):
+    nbs = tmp_path/'nbs'; nbs.mkdir()
+    _notebook(nbs/'00_which.ipynb', ['import sys; print(sys.prefix)'])
+    decoy = tmp_path/'jupyter'/'kernels'/'python3'; decoy.mkdir(parents=True)
+    (decoy/'kernel.json').write_text(json.dumps({'argv': ['/usr/bin/false', '{connection_file}'], 'display_name': 'decoy',
+                                                 'language': 'python'}))
+    r = brainkit('-q', 'lessons', '--nbs', nbs, '--out', tmp_path/'runs', env={'JUPYTER_PATH': str(tmp_path/'jupyter')})
+    assert r.returncode == 0, r.stderr
+    ran = nbformat.read(tmp_path/'runs'/'00_which.ipynb', as_version=4)
+    assert ran.cells[0].outputs[0]['text'].strip() == sys.prefix          # this environment, not the decoy
+    assert 'without encryption' not in r.stderr
+
+
+def test_generate_missing_does_not_touch_a_folder_of_other_files(tmp_path):
+    (tmp_path/'keep.txt').write_text('mine')
+    r = brainkit('-q', 'samples', 'verify', '--dir', tmp_path, '--generate-missing')
+    assert r.returncode == 1 and 'refusing to replace' in r.stderr and (tmp_path/'keep.txt').read_text() == 'mine'

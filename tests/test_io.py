@@ -522,3 +522,78 @@ def test_axial_is_along_superior_axis(tmp_path, nifti):
     vol = load_volume(nifti(tmp_path/'ax.nii.gz', raw, LPS_AFF), check=False)
     sums = [take_slice(vol.data, 'axial', k).sum() for k in range(6)]
     assert np.argmax(sums) == 4 and sums[4] == 20
+
+
+# --- saving derived data: crops, masks, label conventions (found by review) ---
+
+def _sample_t1():
+    return bio.samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz'
+
+
+def test_a_cropped_volume_is_written_at_its_new_position(tmp_path):
+    from dataclasses import replace
+    v = load_volume(_sample_t1())
+    A = v.affine.copy(); A[:3, 3] = v.affine[:3, :3] @ [8, 8, 0] + v.affine[:3, 3]   # crop starts at voxel (8, 8, 0)
+    crop = replace(v, data=v.data[8:88, 8:88], affine=A)
+    out = save_volume(crop, tmp_path/'crop.nii.gz')
+    img = nib.load(out)
+    # independently: voxel (0,0,0) of the crop, in the file's own (LPS) order, is the canonical (8,8,0) of the source
+    ijk_file = np.array([crop.shape[0] - 1, crop.shape[1] - 1, 0, 1])      # LPS flips x and y
+    np.testing.assert_allclose(img.affine @ ijk_file, v.affine @ [8, 8, 0, 1], atol=1e-4)
+    assert nib.aff2axcodes(img.affine) == ('L', 'P', 'S')
+    assert (int(img.header['qform_code']), int(img.header['sform_code'])) == (1, 1)
+    back = load_volume(out)
+    np.testing.assert_allclose(back.affine, A, atol=1e-5)
+    np.testing.assert_array_equal(back.data, crop.data)
+
+
+def test_masks_and_argmax_are_written_as_small_integer_types(tmp_path):
+    v = load_volume(_sample_t1())
+    m = nib.load(save_volume(v.with_data(v.data > 200), tmp_path/'mask.nii.gz'))
+    assert m.get_data_dtype() == np.uint8 and set(np.unique(np.asanyarray(m.dataobj))) == {0, 1}
+    am = np.argmax(np.stack([v.data, 300 - v.data]), 0)                        # int64 from numpy
+    assert nib.load(save_volume(v.with_data(am), tmp_path/'am.nii.gz')).get_data_dtype() == np.uint8
+    big = v.with_data(np.full(v.shape, 70000, np.int64))
+    assert nib.load(save_volume(big, tmp_path/'big.nii.gz')).get_data_dtype() == np.int32
+
+
+def test_derived_files_do_not_inherit_the_sources_display_window(tmp_path, nifti):
+    src = nifti(tmp_path/'t1.nii.gz', np.linspace(1, 1000, 64, dtype=np.float32).reshape(4, 4, 4), LPS_AFF)
+    img = nib.load(src); img.header['cal_min'], img.header['cal_max'] = 0, 1000
+    img.header['descrip'] = b'scanner protocol X'; img.header.set_intent('estimate')
+    nib.save(img, src)
+    v = load_volume(src)
+    out = nib.load(save_volume(v.with_data(v.data > 500), tmp_path/'mask.nii.gz'))
+    assert float(out.header['cal_max']) == 0 and out.header.get_intent()[0] == 'none'
+    assert b'scanner protocol X' not in bytes(out.header['descrip'])
+
+
+def test_brats2023_labels_are_written_back_in_their_own_convention(tmp_path):
+    seg = load_volume(bio.samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz', label=True)
+    assert 4 in np.unique(seg.data)
+    out = save_volume(seg, tmp_path/'seg.nii.gz', label_map=bio.LAYOUTS['brats2023'].raw_label_map)
+    on_disk = np.asanyarray(nib.load(out).dataobj)
+    assert set(np.unique(on_disk)) == {0, 1, 2, 3}
+    again = load_volume(out, label=True, label_values=(0, 1, 2, 3), label_map={3: 4})
+    np.testing.assert_array_equal(again.data, seg.data)
+
+
+@pytest.mark.parametrize('dtype', [np.complex64, 'rgb'])
+def test_complex_and_rgb_volumes_are_refused(tmp_path, dtype):
+    p = tmp_path/'odd.nii.gz'
+    if dtype == 'rgb':
+        rgb = np.zeros((3, 3, 3), dtype=[('R', 'u1'), ('G', 'u1'), ('B', 'u1')]); rgb['R'] = 9
+        nib.save(nib.Nifti1Image(rgb, np.eye(4)), p)
+    else: nib.save(nib.Nifti1Image(np.ones((3, 3, 3), dtype), np.eye(4)), p)
+    with pytest.raises(UnreadableFileError) as ei: load_volume(p)
+    assert_names_file_and_fix(ei.value, 'odd.nii.gz')
+
+
+def test_uncompressed_file_named_nii_gz_and_empty_file_get_precise_messages(tmp_path, nifti):
+    plain = nifti(tmp_path/'plain.nii', np.ones((3, 3, 3), np.float32))
+    wrong = tmp_path/'wrong.nii.gz'; wrong.write_bytes(plain.read_bytes())
+    with pytest.raises(UnreadableFileError) as ei: load_volume(wrong)
+    assert 'not gzip-compressed' in str(ei.value) and 'rename it to .nii' in str(ei.value)
+    (tmp_path/'empty.nii.gz').write_bytes(b'')
+    with pytest.raises(UnreadableFileError) as ei: load_volume(tmp_path/'empty.nii.gz')
+    assert '0 bytes' in str(ei.value)

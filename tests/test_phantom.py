@@ -1,4 +1,5 @@
 "brainkit.phantom: the sample datasets (manifest, regeneration, contents) and the MR physics behind them."
+import gzip
 import hashlib
 import itertools
 import json
@@ -12,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import brainkit.phantom as ph
 from brainkit.io import load_volume, open_dataset, samples_dir
 from brainkit.phantom import (CLASSES, SITES, TISSUES, TUMOUR_TYPES, default_template, generate_samples,
                               inversion_recovery, make_anatomy, null_ti, spin_echo, t1_after_contrast, tissue_signals,
@@ -258,3 +260,37 @@ def test_t1_after_contrast():
     pre = tissue_signals(SITES['brats'].sequences['t1'])
     assert post['enhancing'] > 1.5 * pre['enhancing']         # gadolinium brightens the enhancing rim
     assert post['csf'] == pytest.approx(pre['csf'])            # and nothing without gadolinium
+
+
+# --- found by review ---
+
+def test_generate_refuses_to_replace_a_folder_that_is_not_a_samples_folder(tmp_path):
+    study = tmp_path/'mystudy'; study.mkdir(); (study/'notes.txt').write_text('irreplaceable')
+    with pytest.raises(ph.BrainkitError) as ei:
+        ph.generate_samples(study, counts={'brats': 1, 'hcp': 0, 'ucsf': 0}, progress=False)
+    assert 'refusing to replace' in str(ei.value) and (study/'notes.txt').read_text() == 'irreplaceable'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['mystudy']          # nothing left beside it
+    # an earlier samples folder, and an empty folder, are fine to (re)generate into
+    ph.generate_samples(tmp_path/'s', counts={'brats': 1, 'hcp': 0, 'ucsf': 0}, progress=False)
+    ph.generate_samples(tmp_path/'s', counts={'brats': 1, 'hcp': 0, 'ucsf': 0}, progress=False)
+    (tmp_path/'empty').mkdir(); ph.generate_samples(tmp_path/'empty', counts={'brats': 0, 'hcp': 0, 'ucsf': 1}, progress=False)
+    assert ph.verify_samples(tmp_path/'s') == [] and ph.verify_samples(tmp_path/'empty') == []
+
+
+def test_verification_accepts_the_same_content_compressed_differently(tmp_path):
+    ph.generate_samples(tmp_path/'s', counts={'brats': 1, 'hcp': 0, 'ucsf': 0}, progress=False)
+    f = tmp_path/'s'/'BraTS2021'/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz'
+    f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes()), compresslevel=1, mtime=0))   # another zlib, say
+    assert ph.verify_samples(tmp_path/'s') == []
+    f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes())[:-2] + b'\1\1', mtime=0))      # other content
+    assert len(ph.verify_samples(tmp_path/'s')) == 1
+
+
+def test_the_whole_brain_top_is_inside_every_sample_box(samples):
+    from brainkit.io import open_dataset
+    for name, faces in (('BraTS2021', 'S'), ('UCSF-PDGM', 'S'), ('HCP', 'RLAPSI')):
+        for s in open_dataset(samples/name):
+            d = s['t1'].data > 0                                   # canonical RAS: +x R, +y A, +z S
+            on = {'R': d[-1].any(), 'L': d[0].any(), 'A': d[:, -1].any(), 'P': d[:, 0].any(),
+                  'S': d[:, :, -1].any(), 'I': d[:, :, 0].any()}
+            assert not any(on[f] for f in faces), (s.id, {k for k,v in on.items() if v})

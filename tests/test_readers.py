@@ -1,4 +1,5 @@
 "brainkit.io dataset readers: layout detection, unified modality names, BraTS 2023 labels, lazy discovery, scans."
+import gzip
 import shutil
 from pathlib import Path
 
@@ -269,3 +270,80 @@ def test_indexing_by_id_and_position():
     with pytest.raises(KeyError) as ei: ds['BraTS2021_00000']
     assert 'BraTS2021_00000' in str(ei.value) and 'BraTS2021' in str(ei.value)
     with pytest.raises(IndexError): ds[8]
+
+
+def test_exclude_leaves_subjects_out_and_the_fix_message_names_it(samples, caplog, tmp_path, brats_subject):
+    from brainkit.io import MissingModalityError
+    ds = open_dataset(samples/'BraTS2021', exclude=['BraTS2021_90001', 'BraTS2021_99999'])
+    assert len(ds) == 7 and 'BraTS2021_90001' not in ds.ids
+    assert 'BraTS2021_99999' in caplog.text                       # an id that names no subject is reported
+    brats_subject(tmp_path, 'BraTS2021_00001', skip=('flair',))
+    sub = open_dataset(tmp_path)[0]
+    with pytest.raises(MissingModalityError) as ei: sub['flair']
+    assert "exclude=['BraTS2021_00001']" in str(ei.value)        # the advertised fix exists, and works:
+    with pytest.raises(DatasetLayoutError): open_dataset(tmp_path, exclude=['BraTS2021_00001'])
+
+
+# --- found by review ---
+
+def test_comparing_and_searching_subjects_never_reads_a_volume(samples, monkeypatch):
+    ds = open_dataset(samples/'BraTS2021')
+    def no_reads(*a, **k): raise AssertionError('a volume was read')
+    monkeypatch.setattr(bio, 'load_volume', no_reads)
+    a, b = ds[0], open_dataset(samples/'BraTS2021')[0]
+    assert a == b and a != ds[1] and hash(a) == hash(b) and len({a, b, ds[1]}) == 2
+    assert ds[5] in ds and ds.index(ds[5]) == 5
+    part = ds[2:4]
+    assert isinstance(part, bio.MRIDataset) and part.ids == ds.ids[2:4]
+
+
+def test_an_unforeseen_failure_in_one_file_does_not_end_the_scan(tmp_path, brats_subject, monkeypatch):
+    brats_subject(tmp_path, 'BraTS2021_00001'); brats_subject(tmp_path, 'BraTS2021_00002')
+    real = bio.load_volume
+    def flaky(path, *a, **k):
+        if 'BraTS2021_00001_t2' in str(path): raise TypeError('something nibabel did not expect')
+        return real(path, *a, **k)
+    monkeypatch.setattr(bio, 'load_volume', flaky)
+    problems = open_dataset(tmp_path).scan(raise_errors=False, progress=False)
+    assert list(problems) == ['BraTS2021_00001']
+    (err,) = problems['BraTS2021_00001']
+    assert isinstance(err, bio.UnreadableFileError) and 'BraTS2021_00001_t2.nii.gz' in str(err) and 'TypeError' in str(err)
+
+
+def test_uncompressed_files_are_accepted_in_dedicated_layouts(tmp_path, brats_subject):
+    d = brats_subject(tmp_path, 'BraTS2021_00001')
+    for p in d.glob('*.nii.gz'): p.with_name(p.name[:-3]).write_bytes(gzip.decompress(p.read_bytes())); p.unlink()
+    ds = open_dataset(tmp_path)
+    assert ds.layout.name == 'brats2021'
+    assert set(ds[0].load()) == {'t1', 't1ce', 't2', 'flair', 'seg'}
+
+
+def test_a_missing_modality_names_the_unclaimed_files_present(tmp_path, brats_subject):
+    d = brats_subject(tmp_path, 'BraTS2021_00001')
+    (d/'BraTS2021_00001_t1ce.nii.gz').rename(d/'BraTS2021_00001_t1Gd.nii.gz')
+    with pytest.raises(MissingModalityError) as ei: open_dataset(tmp_path)[0]['t1ce']
+    assert 'BraTS2021_00001_t1Gd.nii.gz' in str(ei.value)
+
+
+def test_subjects_of_another_layout_in_the_same_folder_are_reported(tmp_path, brats_subject, caplog):
+    brats_subject(tmp_path, 'BraTS2021_00001')
+    for sid in ('BraTS-GLI-00001-000', 'BraTS-GLI-00002-000'):
+        d = tmp_path/sid; d.mkdir()
+        for m in ('t1n', 't1c', 't2w', 't2f'):
+            nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4)), d/f'{sid}-{m}.nii.gz')
+    ds = open_dataset(tmp_path)
+    assert ds.layout.name == 'brats2023' and len(ds) == 2
+    assert '1 brats2021' in caplog.text                      # not silently dropped
+    assert 'BraTS2021_00001' in caplog.text                  # named among the ignored folders
+
+
+def test_an_explicit_dataset_name_accepts_one_subjects_folder(samples):
+    sub = samples/'BraTS2021'/'BraTS2021_90003'
+    assert open_dataset(sub, 'brats2021').ids == ['BraTS2021_90003']
+    assert open_dataset(samples/'HCP'/'000002', 'hcp').ids == ['000002']
+
+
+def test_a_file_given_as_dataset_points_to_info(samples):
+    with pytest.raises(DatasetLayoutError) as ei:
+        open_dataset(samples/'BraTS2021'/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz')
+    assert 'brainkit info' in str(ei.value)
