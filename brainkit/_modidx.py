@@ -152,4 +152,8 @@ d = { 'settings': { 'branch': 'main',
                                   'brainkit.phantom.t1_after_contrast': ('phantom.html#t1_after_contrast', 'brainkit/phantom.py'),
                                   'brainkit.phantom.tissue_signals': ('phantom.html#tissue_signals', 'brainkit/phantom.py'),
                                   'brainkit.phantom.trilinear': ('phantom.html#trilinear', 'brainkit/phantom.py'),
-                                  'brainkit.phantom.verify_samples': ('phantom.html#verify_samples', 'brainkit/phantom.py')}}}
+                                  'brainkit.phantom.verify_samples': ('phantom.html#verify_samples', 'brainkit/phantom.py')},
+            'brainkit.viz': { 'brainkit.viz.display_slice': ('modalities.html#display_slice', 'brainkit/viz.py'),
+                              'brainkit.viz.label_overlay': ('modalities.html#label_overlay', 'brainkit/viz.py'),
+                              'brainkit.viz.modality_grid': ('modalities.html#modality_grid', 'brainkit/viz.py'),
+                              'brainkit.viz.show_slice': ('modalities.html#show_slice', 'brainkit/viz.py')}}}
