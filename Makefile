@@ -11,9 +11,11 @@ STAMP  := $(VENV)/.brainkit-installed
 # Jupyter and IPython write runtime and profile files: keep them in the project, never in $HOME.
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/$(VENV)/jupyter-runtime
 export IPYTHONDIR := $(CURDIR)/$(VENV)/ipython
+# The slice cache (brainkit.data) defaults to ~/.cache/brainkit; here it stays in the project (runs/ is ignored).
+export BRAINKIT_CACHE ?= $(CURDIR)/runs/cache
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test venv export clean-nbs readme bench help
+.PHONY: run test venv export outputs bench help
 .DEFAULT_GOAL := help
 
 help:
@@ -42,6 +44,12 @@ export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild RE
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 	$(BIN)/python .ci/readme.py
+
+outputs: $(STAMP)  ## execute every notebook in place, so that the committed lessons show their outputs and figures
+	for nb in nbs/[0-9][0-9]_*.ipynb nbs/index.ipynb; do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --log-level WARN $$nb || exit 1; done
+	$(BIN)/python .ci/strip_widgets.py nbs/*.ipynb
+	$(MAKE) export
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault('MPLBACKEND', 'Agg')  # no display in CI; set before anything imports matplotlib
+import tempfile as _tempfile
+# a default slice cache (no `cache=` given) must not land in $HOME during tests
+os.environ.setdefault('BRAINKIT_CACHE', os.path.join(_tempfile.gettempdir(), 'brainkit-test-cache'))
 
 import gzip
 from pathlib import Path

@@ -1,0 +1,243 @@
+"brainkit.data: splits, the slice cache, paired/unpaired/volume datasets, pairing policies, augmentation, loaders."
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from brainkit.io import MissingModalityError, load_volume, open_dataset, samples_dir
+from brainkit.data import (PAIRINGS, Augment, CacheError, PairedSlices, Prep, SliceCache, SliceSet, SplitError,
+                           UnpairedSlices, VolumeSet, default_cache_dir, make_loader, split_subjects)
+from brainkit.preprocess import NoBrainError, NoTumourFreeSlicesError, Normalizer
+
+
+@pytest.fixture(scope='module')
+def brats():
+    return open_dataset(samples_dir('brats'))
+
+
+@pytest.fixture(scope='module')
+def hcp():
+    return open_dataset(samples_dir('hcp'))
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    return SliceCache(tmp_path_factory.mktemp('cache'))
+
+
+def copy_subjects(src_root, dst, ids):
+    for sid in ids: shutil.copytree(src_root/sid, dst/sid)
+    return open_dataset(dst)
+
+
+# ---------------------------------------------------------------- splits
+
+def test_splits_are_reproducible_by_subject_and_complete():
+    ids = [f'S{i:03d}' for i in range(37)]
+    a, b = split_subjects(ids, seed=3), split_subjects(ids[::-1], seed=3)
+    assert a == b and sorted(sum(a.values(), [])) == ids
+    assert split_subjects(ids, seed=4) != a
+    assert [len(v) for v in a.values()] == [26, 6, 5]
+
+
+def test_split_file_is_used_and_checked(tmp_path):
+    ids = ['a', 'b', 'c', 'd']
+    f = tmp_path/'split.json'
+    f.write_text(json.dumps({'train': ['a', 'b'], 'test': ['c']}))
+    assert split_subjects(ids, split_file=f) == {'train': ['a', 'b'], 'test': ['c']}
+    f.write_text(json.dumps({'train': ['a', 'x', 'y']}))
+    with pytest.raises(SplitError, match="not in the dataset") as ei: split_subjects(ids, split_file=f)
+    assert 'split.json' in str(ei.value)
+    f.write_text('{not json')
+    with pytest.raises(SplitError, match='cannot be read'): split_subjects(ids, split_file=f)
+
+
+# ---------------------------------------------------------------- the cache
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv('BRAINKIT_CACHE', str(tmp_path/'bk'))
+    assert default_cache_dir() == tmp_path/'bk'
+    monkeypatch.delenv('BRAINKIT_CACHE'); monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path/'xdg'))
+    assert default_cache_dir() == tmp_path/'xdg'/'brainkit'
+
+
+@pytest.mark.parametrize('plane,axis', [('axial', 2), ('coronal', 1), ('sagittal', 0)])
+def test_cached_slices_equal_an_independent_computation(brats, cache, plane, axis):
+    src, norm = brats[1].path('flair'), Normalizer('zscore')
+    prep = Prep.make(plane, 100, norm)
+    info = cache.info(src, prep)
+    vol = load_volume(src)
+    want = np.moveaxis(norm(vol), axis, 0)                     # independently: normalize, slice along the axis
+    n, h, w = want.shape
+    assert info['shape'] == [n, 100, 100]
+    i = n // 2
+    got = cache.slice(src, prep, i)
+    oh, ow = (100 - h) // 2, (100 - w) // 2                      # padded symmetrically, with background -1
+    np.testing.assert_array_equal(got[oh:oh + h, ow:ow + w], want[i])
+    assert (got[:oh] == -1).all() and (got[oh + h:] == -1).all()
+    assert info['area'][i] == int((want[i] > -1).sum())
+
+
+def test_the_cache_never_writes_into_the_dataset_folder(tmp_path, brats):
+    ds = copy_subjects(brats.root, tmp_path/'data', ['BraTS2021_90002'])
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path/'data').rglob('*'))
+    PairedSlices(ds, ['t1'], 't2', cache=SliceCache(tmp_path/'cache'), progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path/'data').rglob('*')) == before
+    assert any((tmp_path/'cache').rglob('*.npy'))
+
+
+def test_a_changed_source_or_preprocessing_gets_a_new_entry(tmp_path, brats):
+    ds = copy_subjects(brats.root, tmp_path/'data', ['BraTS2021_90003'])
+    cache, src = SliceCache(tmp_path/'cache'), ds[0].path('t1')
+    prep = Prep.make('axial', None, Normalizer('percentile'))
+    first = cache.slice(src, prep, 30)
+    assert cache.paths(src, Prep.make('axial', None, Normalizer('zscore')))[0] != cache.paths(src, prep)[0]
+    import nibabel as nib
+    img = nib.load(src); data = np.asanyarray(img.dataobj).copy(); data[data > 0] = 500 - data[data > 0] % 400
+    time.sleep(0.01)
+    old = cache.paths(src, prep)[0]
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), src)      # the source changed on disk
+    now = cache.slice(src, prep, 30)                                  # a new entry is built from the new content
+    assert cache.paths(src, prep)[0] != old and not np.array_equal(now, first)
+    np.testing.assert_array_equal(now, np.moveaxis(Normalizer('percentile')(load_volume(src)), 2, 0)[30])
+
+
+@pytest.mark.parametrize('damage', ['truncate_npy', 'delete_sidecar', 'corrupt_sidecar'])
+def test_a_damaged_entry_is_rebuilt_never_used(brats, tmp_path, damage):
+    cache, src = SliceCache(tmp_path), brats[0].path('t2')
+    prep = Prep.make('axial', 96, Normalizer('percentile'))
+    cache.info(src, prep)
+    good = cache.slice(src, prep, 20)
+    npy, side, _ = cache.paths(src, prep)
+    if damage == 'truncate_npy': npy.write_bytes(npy.read_bytes()[:len(npy.read_bytes()) // 3])
+    elif damage == 'delete_sidecar': side.unlink()
+    else: side.write_text('{"shape": [1')
+    assert cache.info(src, prep)['shape'] == [64, 96, 96]
+    np.testing.assert_array_equal(cache.slice(src, prep, 20), good)
+
+
+def test_an_unwritable_cache_folder_gets_a_clear_error(tmp_path, brats):
+    blocker = tmp_path/'not_a_folder'; blocker.write_text('a file where the cache folder should be')
+    with pytest.raises(CacheError) as ei:
+        PairedSlices(brats[:1], ['t1'], 't2', cache=SliceCache(blocker/'cache'), progress=False)
+    assert 'not_a_folder' in str(ei.value) and 'BRAINKIT_CACHE' in str(ei.value)
+
+
+# ---------------------------------------------------------------- datasets: bad input
+
+def test_subjects_missing_a_modality_are_all_listed(tmp_path, brats):
+    ds = copy_subjects(brats.root, tmp_path, ['BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002'])
+    (tmp_path/'BraTS2021_90000'/'BraTS2021_90000_t2.nii.gz').unlink()
+    (tmp_path/'BraTS2021_90002'/'BraTS2021_90002_t2.nii.gz').unlink()
+    with pytest.raises(MissingModalityError) as ei:
+        PairedSlices(ds, ['t1'], 't2', cache=SliceCache(tmp_path/'c'), progress=False)
+    msg = str(ei.value)
+    assert 'BraTS2021_90000_t2.nii.gz' in msg and 'BraTS2021_90002_t2.nii.gz' in msg and '2 missing file(s)' in msg
+
+
+def test_an_unknown_plane_is_refused(brats, cache):
+    with pytest.raises(ValueError, match='axial'): PairedSlices(brats[:1], plane='transverse', cache=cache, progress=False)
+    with pytest.raises(ValueError, match="'all' or 'tumour_free'"): SliceSet(brats[:1], ['t1'], slices='healthy', cache=cache)
+    with pytest.raises(ValueError, match='random, position, position_range'):
+        UnpairedSlices(brats[:1], 't1', brats[1:2], 't1', pairing='nearest', cache=cache, progress=False)
+
+
+def test_a_volume_with_no_brain_is_refused_when_caching(tmp_path, brats):
+    import nibabel as nib
+    ds = copy_subjects(brats.root, tmp_path, ['BraTS2021_90000'])
+    f = tmp_path/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz'
+    img = nib.load(f); nib.save(nib.Nifti1Image(np.full(img.shape, -5, np.int16), img.affine, img.header), f)
+    with pytest.raises(NoBrainError) as ei: PairedSlices(ds, ['t1'], 't2', cache=SliceCache(tmp_path/'c'), progress=False)
+    assert 'BraTS2021_90000_t1.nii.gz' in str(ei.value)
+
+
+def test_tumour_everywhere_subjects_are_skipped_with_a_warning(tmp_path, brats, caplog):
+    import nibabel as nib
+    ds = copy_subjects(brats.root, tmp_path, ['BraTS2021_90000', 'BraTS2021_90001'])
+    f = tmp_path/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz'
+    img = nib.load(f); nib.save(nib.Nifti1Image(np.full(img.shape, 2, np.uint8), img.affine, img.header), f)
+    with caplog.at_level(logging.WARNING):
+        s = SliceSet(ds, ['t1'], slices='tumour_free', cache=SliceCache(tmp_path/'c'), progress=False)
+    assert [x.id for x in s.subjects] == ['BraTS2021_90001'] and 'BraTS2021_90000' in caplog.text
+    with pytest.raises(NoTumourFreeSlicesError, match='no axial slice was selected'):
+        SliceSet(ds[:1], ['t1'], slices='tumour_free', cache=SliceCache(tmp_path/'c'), progress=False)
+
+
+# ---------------------------------------------------------------- datasets: behaviour
+
+def test_paired_items_match_the_volumes(brats, cache):
+    ds = PairedSlices(brats[:2], ['t1', 'flair'], 't2', size=96, cache=cache, progress=False)
+    it = ds[len(ds) - 1]
+    assert it['source'].shape == (2, 96, 96) and it['target'].shape == (1, 96, 96) and it['source'].dtype == torch.float32
+    sub = brats[it['subject']]
+    for c, m in enumerate(['t1', 'flair']):
+        want = Normalizer()(sub[m])[:, :, it['slice']]
+        np.testing.assert_array_equal(it['source'][c].numpy(), want)
+    np.testing.assert_array_equal(it['target'][0].numpy(), Normalizer()(sub['t2'])[:, :, it['slice']])
+
+
+def test_tumour_free_slices_hold_no_tumour_and_enough_brain(brats, cache):
+    s = SliceSet(brats[:4], ['t1'], slices='tumour_free', margin=1, min_brain=0.3, cache=cache, progress=False)
+    for k, i in s.index:
+        seg = s.subjects[k]['seg'].data
+        assert not seg[:, :, max(i - 1, 0):i + 2].any()
+    areas = [np.asarray(s.cache.info(s.sources[k]['t1'], s.preps['t1'])['area']) for k in range(len(s.subjects))]
+    assert all(areas[k][i] >= 0.3 * areas[k].max() for k, i in s.index)
+    assert ((0 <= s.position) & (s.position <= 1)).all()
+
+
+def test_position_pairing_stays_within_the_jitter(brats, hcp, cache):
+    ds = UnpairedSlices(hcp, 't1', brats, 't1', pairing='position', b_slices='all', cache=cache, progress=False)
+    for j in range(0, len(ds.A), 5):
+        rng = np.random.default_rng(j)
+        jb = ds.partner(j, rng)
+        k = ds.B.index[jb, 0]
+        cand = ds.B.slices_of(k)
+        idx = ds.B.index[cand, 1]
+        expected = np.interp(ds.A.position[j], ds.B.position[cand], idx)
+        assert -5 - 1 <= ds.B.index[jb, 1] - expected <= 4 + 1         # jitter in [-5, 4], then the nearest slice
+        assert ds.B.subjects[k].id != ds.A.subjects[ds.A.index[j, 0]].id
+
+
+def test_position_range_draws_within_the_window_and_changes_with_the_epoch(brats, hcp, cache):
+    ds = UnpairedSlices(hcp, 't1', brats, 't1', pairing='position_range', window=0.1, cache=cache, seed=5, progress=False)
+    gaps = [abs(ds[j]['A_position'] - ds[j]['B_position']) for j in range(0, len(ds), 7)]
+    assert np.median(gaps) <= 0.1
+    before = [ds[j]['B_slice'] for j in range(40)]
+    assert before == [ds[j]['B_slice'] for j in range(40)]           # same epoch: same pairs
+    ds.set_epoch(1)
+    assert before != [ds[j]['B_slice'] for j in range(40)]           # a new epoch redraws them
+
+
+def test_random_pairing_ignores_position(brats, hcp, cache):
+    ds = UnpairedSlices(hcp, 't1', brats, 't1', pairing='random', cache=cache, progress=False)
+    d = np.array([(ds[j]['A_position'], ds[j]['B_position']) for j in range(0, len(ds), 3)])
+    assert abs(np.corrcoef(d.T)[0, 1]) < 0.3 and len(ds) == max(len(ds.A), len(ds.B))
+
+
+def test_volume_set(brats, cache):
+    vs = VolumeSet(brats[6:], size=96, cache=cache, progress=False)
+    v = vs[1]
+    assert tuple(v['image'].shape) == (4, 64, 96, 96) and tuple(v['label'].shape) == (64, 96, 96)
+    np.testing.assert_array_equal(v['label'].numpy(), np.moveaxis(brats[7]['seg'].data, 2, 0)[:, :, :])
+
+
+def test_augment_flips_only_left_right():
+    x = -np.ones((1, 8, 8), np.float32); x[0, 1, 2] = 1.0                # axis 1 of the array is the slice's axis 0
+    aug = Augment(flip=True, rotate=0, scale=0, intensity=0)
+    outs = [aug(np.random.default_rng(s), x)[0] for s in range(20)]
+    flipped = x[:, ::-1]
+    assert any(np.allclose(o, flipped, atol=1e-5) for o in outs) and any(np.allclose(o, x, atol=1e-5) for o in outs)
+    assert all(np.allclose(aug(np.random.default_rng(s), x, lr_axis=None)[0], x, atol=1e-5) for s in range(10))
+
+
+def test_loaders_give_the_same_batches_with_any_number_of_workers(brats, cache):
+    ds = PairedSlices(brats[:3], ['t1'], 't2', size=96, augment=Augment(), cache=cache, seed=2, progress=False)
+    a = [b['source'] for b in make_loader(ds, 5, seed=9, workers=0)][:3]
+    b = [b['source'] for b in make_loader(ds, 5, seed=9, workers=2)][:3]
+    for x, y in zip(a, b): torch.testing.assert_close(x, y)

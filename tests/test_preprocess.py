@@ -1,0 +1,151 @@
+"brainkit.preprocess: brain masks, normalization, crop/pad and tumour-free slices, including bad input."
+import json
+
+import numpy as np
+import pytest
+
+from brainkit.io import load_volume, make_volume, open_dataset, samples_dir
+from brainkit.preprocess import (METHODS, CropPad, NoBrainError, NoTumourFreeSlicesError, Normalizer, brain_mask,
+                                 crop_pad, fill_holes, otsu_threshold, tumour_free_slices)
+
+
+@pytest.fixture(scope='module')
+def brats():
+    return open_dataset(samples_dir('brats'))
+
+
+def test_fill_holes_fills_enclosed_holes_only():
+    m = np.zeros((10, 10, 10), bool); m[2:8, 2:8, 2:8] = True
+    m[4:6, 4:6, 4:6] = False                      # an enclosed cavity
+    m[5, 0:3, 5] = False                          # a tunnel from the border: not a hole
+    f = fill_holes(m)
+    assert f[4:6, 4:6, 4:6].all() and not f[5, 0:3, 5].any()
+    assert (f & ~m).sum() == 8
+
+
+def test_brain_mask_of_skull_stripped_data_is_the_nonzero_region():
+    d = np.zeros((12, 12, 12), np.float32); d[2:10, 2:10, 2:10] = 100; d[5, 5, 5] = 0   # a dark voxel inside
+    assert brain_mask(d).sum() == 8 ** 3 - 1                       # zero background: no filling by default
+    m = brain_mask(d, fill=True)
+    assert m.sum() == 8 ** 3 and m[5, 5, 5]
+
+
+def test_fill_holes_in_a_brats_sized_volume_fills_exactly_the_cavity():
+    m = np.zeros((240, 240, 155), bool); m[60:180, 50:200, 20:140] = True; m[100:110, 100:120, 70:80] = False
+    m[60:180, 120, 60:62] = False                                   # a slot cut through to the surface: not a hole
+    f = fill_holes(m)
+    assert f.sum() == m.sum() + 10 * 20 * 10 and f[100:110, 100:120, 70:80].all() and not f[60:180, 120, 60:62].any()
+
+
+def test_brain_mask_uses_otsu_when_the_background_is_a_noise_floor():
+    rng = np.random.default_rng(0)
+    d = rng.normal(5, 1, (16, 16, 16)).astype(np.float32)
+    d[4:12, 4:12, 4:12] += 100
+    d[7, 7, 7] = 5                                                # a dark voxel inside: Otsu mode fills it
+    m = brain_mask(d)
+    assert m.sum() == 8 ** 3 and m[4:12, 4:12, 4:12].all()
+    assert 5 < otsu_threshold(d.ravel()) < 105
+
+
+def test_a_volume_with_no_brain_is_refused_with_its_file_named(tmp_path):
+    with pytest.raises(NoBrainError) as ei: brain_mask(np.zeros((5, 5, 5)))
+    assert 'no voxel is above' in str(ei.value)
+    v = make_volume(np.full((5, 5, 5), -3.0, np.float32), np.eye(4), path=tmp_path/'stripped_everything.nii.gz')
+    with pytest.raises(NoBrainError) as ei: Normalizer('zscore')(v)
+    assert 'stripped_everything.nii.gz' in str(ei.value) and 'Fix:' in str(ei.value)
+
+
+def test_constant_brain_cannot_be_normalized():
+    d = np.zeros((6, 6, 6), np.float32); d[1:5, 1:5, 1:5] = 7.0
+    with pytest.raises(NoBrainError): Normalizer('percentile')(d)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_normalizers_map_the_brain_to_unit_range_and_invert(brats, method):
+    vols = [s['t1'] for s in brats]
+    n = Normalizer(method)
+    if method == 'nyul': n.fit(vols[:5])
+    v = vols[6]
+    mask = brain_mask(v)
+    y, stats = n.apply(v, mask)
+    assert y.dtype == np.float32 and y.shape == v.shape
+    assert y.min() >= -1 and y.max() <= 1 and (y[~mask] == -1).all()
+    inside = mask & (np.abs(y) < 1)
+    np.testing.assert_allclose(n.invert(y, stats)[inside], v.data[inside], rtol=1e-4, atol=1e-2)
+    # recorded with a model: survives JSON
+    again = Normalizer.from_dict(json.loads(json.dumps(n.to_dict())))
+    np.testing.assert_array_equal(again(v, mask), y)
+
+
+def test_normalization_is_independent_of_the_scanner_gain(brats):
+    v = brats[0]['t1']
+    twice = make_volume(v.data * 2.0, v.affine)
+    for method in ('zscore', 'percentile'):
+        np.testing.assert_allclose(Normalizer(method)(twice), Normalizer(method)(v.data), atol=1e-5)
+
+
+def test_nyul_landmarks_are_increasing_and_need_fitting(brats):
+    n = Normalizer('nyul')
+    with pytest.raises(ValueError, match='fitted'): n(brats[0]['t1'])
+    n.fit([s['t1'] for s in brats[:4]])
+    assert np.all(np.diff(n.landmarks) > 0) and n.landmarks[0] == 0 and n.landmarks[-1] == pytest.approx(100)
+
+
+def test_unknown_normalization_name():
+    with pytest.raises(ValueError, match='zscore, percentile, nyul'): Normalizer('histeq')
+
+
+@pytest.mark.parametrize('shape,size,plane', [((7, 9, 5), (4, 12), 'axial'), ((3, 8, 8, 6), 10, 'sagittal'),
+                                               ((6, 6, 6), (6, 6), 'coronal'), ((240, 240, 155), 256, 'axial')])
+def test_crop_pad_round_trip_is_exact_where_nothing_is_cropped(shape, size, plane):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    cp = crop_pad(shape, size, plane)
+    y = cp.apply(x, value=-1)
+    back = cp.invert(y, value=-1)
+    assert back.shape == x.shape
+    kept = back != -1
+    np.testing.assert_array_equal(back[kept], x[kept])
+    # every axis that was only padded is restored completely
+    if all(s >= shape[ax] for ax, s in cp.sizes): np.testing.assert_array_equal(back, x)
+
+
+def test_crop_pad_refuses_a_wrong_shape():
+    cp = CropPad((4, 4, 4), ((0, 6), (1, 6)))
+    with pytest.raises(ValueError, match='expected an array of shape'): cp.apply(np.zeros((5, 4, 4)))
+    with pytest.raises(ValueError, match='expected an array of shape'): cp.invert(np.zeros((4, 4, 4)))
+
+
+def test_crop_keeps_the_centre():
+    x = np.zeros((10, 10, 3)); x[4:6, 4:6] = 1
+    y = crop_pad(x.shape, 4).apply(x)
+    assert y.sum() == x.sum() and y[1:3, 1:3].all()
+
+
+def test_tumour_free_slices_with_margin_and_brain(brats):
+    s = brats[0]
+    seg, mask = s['seg'], brain_mask(s['t1'])
+    free = tumour_free_slices(seg, 'axial')
+    tumour = np.flatnonzero((seg.data > 0).any((0, 1)))
+    assert not set(free) & set(tumour) and len(free) + len(tumour) == seg.shape[2]
+    with_margin = tumour_free_slices(seg, 'axial', margin=3, brain=mask, min_brain=0.25)
+    assert set(with_margin) <= set(free)
+    near = {z for t in tumour for z in range(t - 3, t + 4)}
+    assert not set(with_margin) & near
+    area = mask.sum((0, 1))
+    assert (area[with_margin] >= 0.25 * area.max()).all()
+    for plane in ('sagittal', 'coronal'): assert len(tumour_free_slices(seg, plane)) > 0
+
+
+def test_a_subject_with_tumour_on_every_slice_gets_a_clear_error(tmp_path):
+    seg = make_volume(np.ones((6, 6, 6), np.uint8), np.eye(4), path=tmp_path/'all_tumour_seg.nii.gz')
+    with pytest.raises(NoTumourFreeSlicesError) as ei: tumour_free_slices(seg, 'axial')
+    assert 'all_tumour_seg.nii.gz' in str(ei.value) and 'Fix:' in str(ei.value)
+    # also when a margin swallows the only free slices
+    labels = np.zeros((6, 6, 6), np.uint8); labels[:, :, 1:5] = 2
+    assert list(tumour_free_slices(labels)) == [0, 5]
+    with pytest.raises(NoTumourFreeSlicesError, match='margin 1'): tumour_free_slices(labels, margin=1)
+
+
+def test_unknown_plane_is_refused():
+    with pytest.raises(ValueError, match='axial'): tumour_free_slices(np.zeros((3, 3, 3)), 'transverse')
