@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from brainkit.io import MissingModalityError, load_volume, open_dataset, samples_dir
+from brainkit.io import GeometryMismatchError, MissingModalityError, load_volume, open_dataset, samples_dir
 from brainkit.data import (PAIRINGS, Augment, CacheError, PairedSlices, Prep, SliceCache, SliceSet, SplitError,
                            UnpairedSlices, VolumeSet, default_cache_dir, make_loader, split_subjects)
-from brainkit.preprocess import NoBrainError, NoTumourFreeSlicesError, Normalizer
+from brainkit.preprocess import NoBrainError, NoTumourFreeSlicesError, Normalizer, brain_mask
 
 
 @pytest.fixture(scope='module')
@@ -80,7 +80,7 @@ def test_cached_slices_equal_an_independent_computation(brats, cache, plane, axi
     oh, ow = (100 - h) // 2, (100 - w) // 2                      # padded symmetrically, with background -1
     np.testing.assert_array_equal(got[oh:oh + h, ow:ow + w], want[i])
     assert (got[:oh] == -1).all() and (got[oh + h:] == -1).all()
-    assert info['area'][i] == int((want[i] > -1).sum())
+    assert info['area'][i] == int(np.moveaxis(brain_mask(vol), axis, 0)[i].sum())   # the brain, clipped voxels included
 
 
 def test_the_cache_never_writes_into_the_dataset_folder(tmp_path, brats):
@@ -241,3 +241,106 @@ def test_loaders_give_the_same_batches_with_any_number_of_workers(brats, cache):
     a = [b['source'] for b in make_loader(ds, 5, seed=9, workers=0)][:3]
     b = [b['source'] for b in make_loader(ds, 5, seed=9, workers=2)][:3]
     for x, y in zip(a, b): torch.testing.assert_close(x, y)
+
+
+# ---------------------------------------------------------------- found by review
+
+def test_set_epoch_reaches_dataloader_workers(brats, hcp, cache):
+    ds = UnpairedSlices(hcp, 't1', brats, 't1', pairing='position_range', cache=cache, seed=1, progress=False)
+    loader = make_loader(ds, 16, shuffle=False, workers=2)
+    pairs = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        pairs.append(next(iter(loader))['B_slice'])
+    assert not torch.equal(pairs[0], pairs[1])                       # the workers saw the new epoch
+    ds.set_epoch(1)
+    assert torch.equal(next(iter(make_loader(ds, 16, shuffle=False, workers=0)))['B_slice'], pairs[1])
+
+
+def test_the_cache_applies_the_datasets_label_convention(tmp_path, brats):
+    import nibabel as nib
+    sid = 'BraTS-GLI-00001-000'
+    d = tmp_path/sid; d.mkdir()
+    src = brats.root/'BraTS2021_90000'
+    for ours, theirs in (('t1', 't1n'), ('t1ce', 't1c'), ('t2', 't2w'), ('flair', 't2f')):
+        shutil.copy(src/f'BraTS2021_90000_{ours}.nii.gz', d/f'{sid}-{theirs}.nii.gz')
+    img = nib.load(src/'BraTS2021_90000_seg.nii.gz'); lab = np.asanyarray(img.dataobj).copy(); lab[lab == 4] = 3
+    nib.save(nib.Nifti1Image(lab, img.affine, img.header), d/f'{sid}-seg.nii.gz')
+    ds = open_dataset(tmp_path)
+    assert ds.layout.name == 'brats2023'
+    v = VolumeSet(ds, ['t1'], cache=SliceCache(tmp_path/'c'), progress=False)[0]
+    assert set(np.unique(v['label'].numpy())) == {0, 1, 2, 4}          # ET 3 -> 4, as Subject['seg'] gives it
+
+
+def test_a_normalizer_dict_must_cover_every_image_modality(brats, cache):
+    with pytest.raises(ValueError, match="no entry for 't2'"):
+        PairedSlices(brats[:1], ['t1'], 't2', normalizer={'t1': Normalizer('zscore')}, cache=cache, progress=False)
+    ds = PairedSlices(brats[:1], ['t1'], 't2', normalizer='zscore', cache=cache, progress=False)     # a name works too
+    assert ds[0]['target'].max() <= 1
+
+
+def test_modalities_on_different_grids_are_refused(tmp_path, brats):
+    import nibabel as nib
+    ds = copy_subjects(brats.root, tmp_path, ['BraTS2021_90000', 'BraTS2021_90001'])
+    f = tmp_path/'BraTS2021_90001'/'BraTS2021_90001_t2.nii.gz'
+    img = nib.load(f); nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, :60], img.affine, img.header), f)
+    with pytest.raises(GeometryMismatchError) as ei:
+        PairedSlices(ds, ['t1'], 't2', cache=SliceCache(tmp_path/'c'), progress=False)
+    assert 'BraTS2021_90001_t2.nii.gz' in str(ei.value)
+
+
+def test_labels_as_an_extra_input_channel_are_read_as_labels(brats, cache):
+    ds = PairedSlices(brats[:1], ['t1', 'seg'], 't2', cache=cache, progress=False)
+    it = max((ds[j] for j in range(len(ds))), key=lambda it: int((it['source'][1] > 0).sum()))
+    assert set(np.unique(it['source'][1].numpy())) <= {0, 1, 2, 4} and (it['source'][1] > 0).any()
+
+
+def test_position_pairing_with_tumour_free_b_keeps_anatomy_aligned(brats, hcp, cache):
+    for pairing in ('position', 'position_range'):
+        ds = UnpairedSlices(hcp, 't1', brats, 't1', pairing=pairing, b_slices='tumour_free', spacing=2.4,
+                            cache=cache, seed=0, progress=False)
+        gap = np.array([abs(ds[j]['A_position'] - ds[j]['B_position']) for j in range(0, len(ds), 3)])
+        assert gap.mean() < 0.08 and (gap > 0.2).mean() < 0.05, (pairing, gap.mean(), (gap > 0.2).mean())
+
+
+def test_a_failed_build_leaves_no_partial_file_and_says_why(tmp_path, brats, monkeypatch):
+    import errno
+    def full_disk(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(np.lib.format, 'write_array', full_disk)
+    with pytest.raises(CacheError) as ei:
+        PairedSlices(brats[:1], ['t1'], 't2', cache=SliceCache(tmp_path), progress=False)
+    assert 'No space left on device' in str(ei.value) and 'make room' in str(ei.value)
+    assert not list(tmp_path.rglob('*.tmp')) and not list(tmp_path.rglob('*.npy'))
+
+
+def test_a_huge_margin_is_handled(brats, cache):
+    with pytest.raises(NoTumourFreeSlicesError):
+        SliceSet(brats[:1], ['t1'], slices='tumour_free', margin=400, cache=cache, progress=False)
+
+
+def test_entries_removed_while_in_use_give_a_cache_error(tmp_path, brats):
+    cache = SliceCache(tmp_path)
+    ps = PairedSlices(brats[:1], ['t1'], 't2', cache=cache, progress=False)
+    vs = VolumeSet(brats[:1], ['t1'], label=None, cache=cache, progress=False)
+    for npy in tmp_path.rglob('*.npy'): npy.unlink()
+    with pytest.raises(CacheError, match='create the dataset again'): ps[0]
+    with pytest.raises(CacheError, match='create the dataset again'): vs[0]
+
+
+def test_spacing_resamples_before_slicing(brats, hcp, cache):
+    a = SliceSet(hcp[:1], ['t1'], spacing=2.4, cache=cache, progress=False)
+    b = SliceSet(hcp[:1], ['t1'], cache=cache, progress=False)
+    sa, sb = a.files[0]['t1'].shape, b.files[0]['t1'].shape
+    assert sb == (80, 96) and sa == (round(80 * 2 / 2.4), round(96 * 2 / 2.4))
+
+
+def test_split_fractions_are_checked():
+    with pytest.raises(ValueError, match='sum to 1'): split_subjects(['a', 'b'], (0.2, 0.2, 0.0))
+    with pytest.raises(ValueError, match='sum to 1'): split_subjects(['a', 'b'], (1.2, -0.1, -0.1))
+
+
+def test_make_loader_accepts_auto_device_and_a_sampler(brats, cache):
+    ds = PairedSlices(brats[:1], ['t1'], 't2', cache=cache, progress=False)
+    assert next(iter(make_loader(ds, 2, device='auto')))['source'].shape[0] == 2
+    sampler = torch.utils.data.SequentialSampler(range(3))
+    assert next(iter(make_loader(ds, 3, sampler=sampler)))['slice'].tolist() == [ds.set.index[j, 1] for j in range(3)]

@@ -149,3 +149,37 @@ def test_a_subject_with_tumour_on_every_slice_gets_a_clear_error(tmp_path):
 
 def test_unknown_plane_is_refused():
     with pytest.raises(ValueError, match='axial'): tumour_free_slices(np.zeros((3, 3, 3)), 'transverse')
+
+
+def test_invert_restores_the_background_with_a_mask(brats):
+    v = brats[0]['t2']; mask = brain_mask(v)
+    n = Normalizer('percentile')
+    y, st = n.apply(v, mask)
+    back = n.invert(y, st, mask)
+    assert (back[~mask] == 0).all() and (n.invert(y, st)[~mask] > 0).all()
+
+
+def test_resample_keeps_the_world_and_the_labels():
+    from brainkit.io import make_volume, save_volume, load_volume
+    from brainkit.preprocess import resample
+    rng = np.random.default_rng(0)
+    lab = make_volume(rng.choice(np.array([0, 1, 2, 4], np.uint8), (20, 24, 16)), np.diag([-1.5, -1.5, 2.0, 1.0]))
+    r = resample(lab, 3.0, label=True)
+    assert r.shape == (10, 12, 11) and set(np.unique(r.data)) <= {0, 1, 2, 4} and r.spacing == (3.0, 3.0, 3.0)
+    centre = lambda v: v.affine @ [*(np.array(v.shape) - 1) / 2, 1]
+    np.testing.assert_allclose(centre(r), centre(lab), atol=1e-6)
+    # nearest: every new voxel holds the label of the old voxel nearest to its centre
+    inv = np.linalg.inv(lab.affine)
+    for ijk in [(0, 0, 0), (5, 6, 5), (9, 11, 10)]:
+        old = np.clip(np.rint(inv @ r.affine @ [*ijk, 1])[:3], 0, np.array(lab.shape) - 1).astype(int)
+        assert r.data[ijk] == lab.data[tuple(old)]
+
+
+def test_a_resampled_volume_saves_in_the_sources_space(tmp_path, brats):
+    from brainkit.io import save_volume, load_volume
+    from brainkit.preprocess import resample
+    v = brats[0]['t1']
+    r = resample(v, 3.0)
+    back = load_volume(save_volume(r, tmp_path/'r.nii.gz'))
+    np.testing.assert_allclose(back.affine, r.affine, atol=1e-4)
+    assert back.source_axcodes == v.source_axcodes == ('L', 'P', 'S')
