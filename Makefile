@@ -37,7 +37,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	# two notebooks at a time on 2 cores: one math thread each (oversubscribed OpenMP threads spin and slow training ~5x)
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 # --- developer helpers (not part of the two commands) ---
 export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild README.md

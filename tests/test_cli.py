@@ -109,6 +109,18 @@ def test_lessons_run_every_notebook_and_survive_a_failure(tmp_path):
     assert r.returncode == 0 and list(json.loads((out/'summary.json').read_text())) == ['00_ok.ipynb']
 
 
+def test_lessons_send_an_experiment_notebooks_out_dir_beside_its_executed_copy(tmp_path):
+    nbs = tmp_path/'nbs'; nbs.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("out_dir = 'runs/default'", metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell("from pathlib import Path; Path(out_dir).mkdir(parents=True); (Path(out_dir)/'metrics.json').write_text('{}')")]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, nbs/'07_experiment.ipynb')
+    r = brainkit('-q', 'lessons', '--nbs', nbs, '--out', tmp_path/'runs')
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/'runs'/'07_experiment'/'metrics.json').is_file()
+    assert not (nbs/'runs').exists()                                  # not into the notebooks' folder
+
 # --- found by review ---
 
 def test_info_describes_4d_files_atlases_and_nan_volumes_and_keeps_going(tmp_path):
