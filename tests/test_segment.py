@@ -157,3 +157,36 @@ def test_regions_round_trip_every_label_combination():
     # an ET outside the TC and WT still gives a consistent label map: enhancing wins
     odd = np.zeros((3, 1), bool); odd[2, 0] = True
     assert regions_to_labels(odd).tolist() == [4]
+
+
+# --- found by review ---
+
+@pytest.mark.parametrize('args, msg', [
+    (['--patch', '40', '--dims', '3'], 'multiple of 2**depth'), (['--patch', '32'], 'needs dims 3'),
+    (['--split', '0.5', '0.2', '0.1'], 'sum to 1'), (['--norm', 'group'], 'norm must be one of'),
+    (['--normalization', 'foo'], 'normalization must be one of'), (['--dataset', 'foo'], "dataset must be 'auto'"),
+    (['--save-every', '0'], 'at least 1'), (['--epochs', '0', '--epochs-decay', '0'], 'at least one epoch'),
+    (['--batch-size', '0'], 'at least 1'), (['--workers', '-1'], 'workers at least 0')])
+def test_impossible_settings_are_refused_before_anything_runs(tmp_path, args, msg):
+    r = brainkit('segment', 'train', '--out', tmp_path/'x', *args)
+    assert r.returncode == 1 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'x').exists()
+
+
+def test_resuming_with_changed_settings_is_refused(trained, tmp_path):
+    run = tmp_path/'run'; shutil.copytree(trained, run)
+    r = brainkit('segment', 'train', '--out', run, '--epochs', 2, *TINY, '--normalization', 'percentile')
+    assert r.returncode == 1 and "normalization 'zscore' there, 'percentile' now" in r.stderr, r.stderr
+
+
+def test_validation_dice_is_the_dice_of_the_written_prediction(trained):
+    m = json.loads((trained/'metrics.json').read_text())
+    model, meta = load_segmenter(trained)
+    ds = open_dataset(samples_dir('brats'))
+    for row in m['val_subjects']:
+        s = next(x for x in ds if x.id == row['subject'])
+        pred = segment_subject(model, meta, s)
+        from brainkit.losses import dice_per_region
+        d = dice_per_region(torch.from_numpy(label_regions(pred.data)), torch.from_numpy(label_regions(s['seg'].data)))
+        # validation runs on the whole grid, with the same normalization and post-processing as `predict`
+        assert d == pytest.approx({k: row[k] for k in d}, abs=0.02), (row['subject'], d, row)

@@ -152,3 +152,43 @@ def test_pick_device():
     if not torch.cuda.is_available():
         assert T.pick_device('auto').type in ('cpu', 'mps')
         with pytest.raises(Exception, match='no usable CUDA'): T.pick_device('cuda')
+
+
+# --- found by review ---
+
+def test_resume_refuses_changed_settings_but_allows_a_longer_schedule(tmp_path):
+    r = toy(tmp_path/'run'); T.fit(r, loader(), stepper(r), 2, progress=False)
+    other = toy(tmp_path/'run'); other.config['seed'] = 5
+    with pytest.raises(T.CheckpointError, match="seed 0 there, 5 now"): other.load()
+    longer = toy(tmp_path/'run'); longer.config['epochs'] = 9               # a mutable key
+    longer.load()
+
+
+def test_an_extended_schedule_resumes_at_its_new_rate(tmp_path):
+    def run(out, decay):
+        T.seed_everything(0)
+        net = nn.Linear(3, 1); opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        return T.Run(out, 'toy', {}, {'net': net}, {'net': opt}, {'net': T.linear_decay(opt, 1, decay)})
+    step = lambda r: (lambda b: {'x': 0.0})
+    r = run(tmp_path/'a', 1); T.fit(r, loader(), step(r), 2, progress=False)   # finished: its rate reached 0
+    assert r.optims['net'].param_groups[0]['lr'] == 0.0
+    r = run(tmp_path/'a', 3); h = T.fit(r, loader(), step(r), 4, progress=False)  # extended: 1 + 3 epochs
+    # epochs 1-2 trained under the old schedule (1, 1/2); epochs 3-4 at the new one's rates for them, not at 0
+    assert [x['lr'] for x in h] == pytest.approx([1.0, 0.5, 0.5, 0.25])
+
+
+def test_a_row_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+    r = toy(tmp_path/'run'); T.fit(r, loader(), stepper(r), 1, progress=False)
+    it = tmp_path/'run'/'iterations.csv'
+    n = len(list(__import__('csv').DictReader(it.open())))
+    with it.open('a') as f: f.write(f'2,{n + 1}')                          # no losses, no newline
+    r = toy(tmp_path/'run'); T.fit(r, loader(), stepper(r), 2, progress=False)
+    rows = list(__import__('csv').DictReader(it.open()))
+    assert [int(x['iteration']) for x in rows] == list(range(1, len(rows) + 1)) and all(x['mse'] for x in rows)
+
+
+def test_the_pool_stores_copies_not_views_of_the_batch():
+    pool = ImagePool(2)
+    batch = torch.zeros(8, 1, 4, 4)
+    pool.query(batch[:2])
+    assert all(i.untyped_storage().nbytes() == 16 * 4 for i in pool.images)
