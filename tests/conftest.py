@@ -96,3 +96,13 @@ def make_brats21_subject(root, sid, shape=(4, 5, 6), affine=None, skip=(), overr
 def brats_subject():
     "The `make_brats21_subject` helper, as a fixture."
     return make_brats21_subject
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module's tests, as in the `brainkit` subprocesses they start (OMP_NUM_THREADS=1): on a busy
+    2-core machine more threads only spin against each other."""
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -192,3 +192,45 @@ def test_the_pool_stores_copies_not_views_of_the_batch():
     batch = torch.zeros(8, 1, 4, 4)
     pool.query(batch[:2])
     assert all(i.untyped_storage().nbytes() == 16 * 4 for i in pool.images)
+
+
+def test_tensorboard_without_the_package_warns_and_trains(tmp_path, caplog, monkeypatch):
+    import builtins, sys
+    real_import = builtins.__import__
+    def no_tb(name, *a, **k):
+        if name.startswith('torch.utils.tensorboard'): raise ImportError('no tensorboard here')
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, '__import__', no_tb)
+    monkeypatch.delitem(sys.modules, 'torch.utils.tensorboard', raising=False)
+    r = toy(tmp_path/'run')
+    with caplog.at_level('WARNING', logger='brainkit.train'):
+        hist = T.fit(r, loader(), stepper(r), 2, progress=False, tensorboard=True)
+    assert len(hist) == 2 and (tmp_path/'run'/'checkpoint.pt').is_file()
+    assert 'tensorboard package is not installed' in caplog.text
+    assert not (tmp_path/'run'/'tb').exists()
+
+
+def test_sample_grids_every_n_iterations_and_jsonl_log_trimmed_on_resume(tmp_path):
+    r = toy(tmp_path/'run')
+    vis = lambda: {'x': torch.zeros(2, 1, 8, 8), 'y': torch.ones(2, 1, 8, 8)}
+    T.fit(r, loader(), stepper(r), 2, progress=False, visuals=vis, sample_every=4)     # 6 iterations per epoch
+    assert sorted(p.name for p in (tmp_path/'run'/'samples').iterdir()) == [f'iter_{i:07d}.png' for i in (4, 8, 12)]
+    lines = (tmp_path/'run'/'iterations.jsonl').read_text().splitlines()
+    assert [json.loads(l)['iteration'] for l in lines] == list(range(1, 13))
+    # a killed run logged iterations past its last checkpoint: resume trims both logs back to it
+    ck = T.load_checkpoint(tmp_path/'run'); assert ck['iteration'] == 12
+    with open(tmp_path/'run'/'iterations.jsonl', 'a') as f: f.write(json.dumps({'epoch': 3, 'iteration': 13, 'mse': 1.0}) + '\n{"epoch": 3, "itera')
+    r2 = toy(tmp_path/'run')
+    T.fit(r2, loader(), stepper(r2), 3, progress=False)
+    its = [json.loads(l)['iteration'] for l in (tmp_path/'run'/'iterations.jsonl').read_text().splitlines()]
+    assert its == list(range(1, 19))
+
+
+def test_precision_is_float32_off_cuda_and_refuses_unknown_modes():
+    p = T.Precision('fp16', 'cpu')
+    assert p.amp == 'none' and p.dtype is None
+    with pytest.raises(ValueError, match='amp must be one of'): T.Precision('fp8')
+    net = nn.Linear(2, 1); opt = torch.optim.SGD(net.parameters(), 0.1)
+    with p.autocast(): loss = net(torch.ones(1, 2)).sum()
+    assert loss.dtype == torch.float32
+    p.step(loss, opt, 'net'); assert p.state_dict() == {}

@@ -1,0 +1,177 @@
+"""`brainkit translate` as users run it: a trained Pix2Pix or CycleGAN generator applied to a NIfTI file, a subject or
+a whole dataset, written in the input's own space (shape, affine, orientation), zero outside the brain; inputs never
+overwritten, sizes the network cannot take refused or padded, and one broken subject reported without losing the rest."""
+import os, shutil, subprocess, sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainkit.io import load_volume, samples_dir
+from brainkit.preprocess import brain_mask
+from brainkit.train import CheckpointError
+from brainkit.translate import load_translator, translate_path, translate_volume
+
+EXE = Path(sys.executable).parent/'brainkit'
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'): ENV.pop(k, None)
+TINY = ['--epochs', 1, '--epochs-decay', 0, '--size', 32, '--ngf', 4, '--ndf', 4, '--batch-size', 8, '--sample-every', 0,
+        '--device', 'cpu', '--min-brain', 0.6]
+SID = 'BraTS2021_90003'
+
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')   # (conftest.py)
+
+
+def brainkit(*args, **kw):
+    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+
+
+def t1_of(sid=SID):
+    return samples_dir('brats')/sid/f'{sid}_t1.nii.gz'
+
+
+@pytest.fixture(scope='module')
+def p2p(tmp_path_factory):
+    "A tiny Pix2Pix run, t1 -> t2, on the samples' own grid (no resampling)."
+    out = tmp_path_factory.mktemp('p2p')/'run'
+    r = brainkit('train', 'pix2pix', '--out', out, *TINY)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope='module')
+def cyc(tmp_path_factory):
+    "A tiny CycleGAN run, HCP-like t1 <-> BraTS-like t1, trained on volumes resampled to 4.8 mm."
+    out = tmp_path_factory.mktemp('cyc')/'run'
+    r = brainkit('train', 'cyclegan', '--out', out, *TINY, '--spacing', 4.8)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope='module')
+def translated(p2p, tmp_path_factory):
+    "The sample t1 of one subject translated to t2 by the command."
+    out = tmp_path_factory.mktemp('tr')/'out.nii.gz'
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    return out
+
+
+def check_in_input_space(out, src, empty_outside=True):
+    "`out` opens, lies on `src`'s grid in its orientation, holds finite floats, and is 0 outside src's brain."
+    img, ref = nib.load(out), nib.load(src)
+    assert img.shape == ref.shape and np.array_equal(img.affine, ref.affine)
+    assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(ref.affine)
+    assert img.get_data_dtype().kind == 'f'
+    y = np.asanyarray(img.dataobj)
+    assert np.isfinite(y).all()
+    mask = brain_mask(np.asanyarray(ref.dataobj).astype(np.float32))        # in the file's own voxel order
+    if empty_outside: assert (y[~mask] == 0).all()
+    assert y[mask].std() > 0 and np.abs(y[mask]).max() > 0                   # a real image inside the brain
+    return y
+
+
+def test_a_file_keeps_the_inputs_space(translated):
+    assert nib.aff2axcodes(nib.load(t1_of()).affine) == ('L', 'P', 'S')      # not RAS: the output must follow it
+    check_in_input_space(translated, t1_of())
+
+
+def test_a_dataset_folder_gives_one_file_per_subject_and_a_subject_folder_one_file(p2p, tmp_path):
+    data = tmp_path/'BraTS2021'
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001'): shutil.copytree(samples_dir('brats')/sid, data/sid)
+    r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['BraTS2021_90000_t2.nii.gz', 'BraTS2021_90001_t2.nii.gz']
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001'):
+        check_in_input_space(tmp_path/'out'/f'{sid}_t2.nii.gz', data/sid/f'{sid}_t1.nii.gz')
+    r = brainkit('translate', '--checkpoint', p2p, '--input', data/'BraTS2021_90001', '--output', tmp_path/'one.nii.gz')
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(nib.load(tmp_path/'one.nii.gz').get_fdata(), nib.load(tmp_path/'out'/'BraTS2021_90001_t2.nii.gz').get_fdata())
+
+
+def test_the_command_never_overwrites_its_input(p2p, tmp_path):
+    src = tmp_path/'t1.nii.gz'; shutil.copy(t1_of(), src)
+    before = src.read_bytes()
+    r = brainkit('translate', '--checkpoint', p2p, '--input', src, '--output', src)
+    assert r.returncode == 1 and 'refusing to overwrite' in r.stderr and str(src) in r.stderr and 'Traceback' not in r.stderr
+    assert src.read_bytes() == before
+    # nor a subject's own target image, when the subject is the input
+    subj = tmp_path/SID; shutil.copytree(samples_dir('brats')/SID, subj)
+    t2 = subj/f'{SID}_t2.nii.gz'; before = t2.read_bytes()
+    with pytest.raises(Exception, match='refusing to overwrite'): translate_path(p2p, subj, t2, device='cpu', progress=False)
+    assert t2.read_bytes() == before
+
+
+@pytest.fixture
+def odd_volume(tmp_path):
+    "The sample t1 cropped to 90 x 84 x 60 voxels: axial slices the U-Net (multiples of 32) cannot take as they are."
+    img = nib.load(t1_of())
+    small = img.slicer[3:93, 6:90, 2:62]
+    path = tmp_path/'odd_t1.nii.gz'; nib.save(small, path)
+    return path
+
+
+def test_sizes_the_network_cannot_take_are_refused_or_padded(p2p, odd_volume, tmp_path):
+    r = brainkit('translate', '--checkpoint', p2p, '--input', odd_volume, '--output', tmp_path/'a.nii.gz', '--fit', 'none')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert '90x84' in r.stderr and 'multiples of 32' in r.stderr and '--fit pad' in r.stderr
+    assert not (tmp_path/'a.nii.gz').exists()
+    # the default pads the slices, and gives back the input's own grid
+    written = translate_path(p2p, odd_volume, tmp_path/'b.nii.gz', device='cpu', progress=False)
+    assert written == [tmp_path/'b.nii.gz']
+    check_in_input_space(tmp_path/'b.nii.gz', odd_volume)
+
+
+def test_another_plane_keeps_the_shape(p2p, translated, tmp_path):
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', tmp_path/'sag.nii.gz', '--plane', 'sagittal')
+    assert r.returncode == 0, r.stderr
+    y = check_in_input_space(tmp_path/'sag.nii.gz', t1_of())
+    assert not np.allclose(y, nib.load(translated).get_fdata())          # really sliced along another axis
+    c = translate_volume(*load_translator(p2p, device='cpu'), load_volume(t1_of()), plane='coronal')
+    assert c.shape == load_volume(t1_of()).shape
+
+
+def test_batched_and_one_slice_at_a_time_agree(p2p, translated):
+    G, info = load_translator(p2p, device='cpu')
+    v = load_volume(t1_of())
+    one = translate_volume(G, info, v, batch_size=1).data
+    many = translate_volume(G, info, v, batch_size=64).data
+    np.testing.assert_allclose(many, one, rtol=0, atol=1e-5)
+    # and the command's output is that volume, written back in the file's orientation
+    np.testing.assert_allclose(load_volume(translated).data, many, rtol=0, atol=1e-4)
+
+
+def test_cyclegan_translates_both_ways(cyc, tmp_path):
+    hcp = samples_dir('hcp')/'000001'/'T1w'/'T1w_acpc_dc_restore_brain.nii.gz'
+    r = brainkit('translate', '--checkpoint', cyc, '--input', hcp, '--output', tmp_path/'ab.nii.gz', '--direction', 'AtoB')
+    assert r.returncode == 0, r.stderr
+    check_in_input_space(tmp_path/'ab.nii.gz', hcp)
+    r = brainkit('translate', '--checkpoint', cyc, '--input', t1_of(), '--output', tmp_path/'ba.nii.gz', '--direction', 'BtoA')
+    assert r.returncode == 0, r.stderr
+    check_in_input_space(tmp_path/'ba.nii.gz', t1_of())
+    GA, ia = load_translator(cyc, 'AtoB', device='cpu'); GB, ib = load_translator(cyc, 'BtoA', device='cpu')
+    assert (ia['direction'], ib['direction']) == ('AtoB', 'BtoA') and ia['spacing'] == 4.8
+    v = load_volume(t1_of())
+    assert not np.allclose(translate_volume(GA, ia, v).data, translate_volume(GB, ib, v).data)
+
+
+def test_unknown_directions_are_refused(p2p, cyc, tmp_path):
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', tmp_path/'x.nii.gz', '--direction', 'BtoA')
+    assert r.returncode == 1 and "has no 'BtoA' direction (it has AtoB)" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'x.nii.gz').exists()
+    with pytest.raises(CheckpointError, match="has no 'CtoD' direction"): load_translator(cyc, 'CtoD')
+
+
+def test_a_broken_subject_does_not_stop_the_others(p2p, tmp_path):
+    data = tmp_path/'BraTS2021'
+    sids = ('BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002')
+    for sid in sids: shutil.copytree(samples_dir('brats')/sid, data/sid)
+    broken = data/sids[1]/f'{sids[1]}_t1.nii.gz'
+    blob = broken.read_bytes(); broken.write_bytes(blob[:len(blob) // 2])   # a download cut short
+    r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == [f'{sids[0]}_t2.nii.gz', f'{sids[2]}_t2.nii.gz']
+    assert sids[1] in r.stderr and str(broken) in r.stderr, r.stderr        # the broken file, named whole
