@@ -98,12 +98,39 @@ def test_ddp_equals_one_process_on_the_same_global_batch(runs, model):
         torch.testing.assert_close(ya, yb, rtol=0, atol=1e-4, msg=f'{model} {name} outputs')
 
 
-def test_brainkit_train_under_torchrun_logs_and_checkpoints_once(tmp_path):
-    out = tmp_path/'run'
-    r = sh(BIN/'torchrun', '--standalone', '--nproc_per_node', 2, '--no-python', BIN/'brainkit', '-q', 'train', 'cyclegan',
-           '--out', out, '--epochs', 1, '--epochs-decay', 1, '--size', 32, '--ngf', 4, '--ndf', 4, '--batch-size', 4,
-           '--sample-every', 0, '--device', 'cpu', '--min-brain', 0.6, '--spacing', 4.8)
+def torchrun_cyclegan(out, *extra):
+    return sh(BIN/'torchrun', '--standalone', '--nproc_per_node', 2, '--no-python', BIN/'brainkit', '-q', 'train', 'cyclegan',
+              '--out', out, '--size', 32, '--ngf', 4, '--ndf', 4, '--batch-size', 4, '--sample-every', 0, '--device', 'cpu',
+              '--min-brain', 0.6, '--spacing', 4.8, *extra)
+
+
+@pytest.fixture(scope='module')
+def whole_run(tmp_path_factory):
+    "Two epochs of a 2-process CycleGAN run in one go (image pools on: each process has its own)."
+    out = tmp_path_factory.mktemp('torchrun')/'run'
+    r = torchrun_cyclegan(out, '--epochs', 1, '--epochs-decay', 1)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r
+
+
+def test_a_distributed_run_resumes_exactly_with_every_process_s_pools_and_random_states(whole_run, tmp_path):
+    out, _ = whole_run
+    r = torchrun_cyclegan(tmp_path/'run', '--epochs', 1, '--epochs-decay', 0)           # stopped after epoch 1 ...
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tmp_path/'run'/'checkpoint.pt', weights_only=True)
+    assert len(ck['ranks']) == 2 and all(len(x['extras']['pool_A']['images']) > 0 for x in ck['ranks'])
+    assert not torch.equal(ck['ranks'][0]['rng']['torch'], ck['ranks'][1]['rng']['torch'])   # each process its own draws
+    r = torchrun_cyclegan(tmp_path/'run', '--epochs', 1, '--epochs-decay', 1)           # ... and continued to epoch 2
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(out/'checkpoint.pt', weights_only=True)
+    b = torch.load(tmp_path/'run'/'checkpoint.pt', weights_only=True)
+    for net in a['nets']:
+        for k in a['nets'][net]: assert torch.equal(a['nets'][net][k], b['nets'][net][k]), (net, k)
+    assert [h['cycle_A'] for h in a['history']] == [h['cycle_A'] for h in b['history']]
+
+
+def test_brainkit_train_under_torchrun_logs_and_checkpoints_once(whole_run):
+    out, r = whole_run
     assert r.stdout.count('trained 2 epochs on 2 process(es)') == 1            # rank 0 reports, rank 1 stays quiet
     m = json.loads((out/'metrics.json').read_text())
     assert m['processes'] == 2 and m['epochs'] == 2 and m['config']['batch_size'] == 4

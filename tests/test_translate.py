@@ -175,3 +175,20 @@ def test_a_broken_subject_does_not_stop_the_others(p2p, tmp_path):
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path/'out').iterdir()) == [f'{sids[0]}_t2.nii.gz', f'{sids[2]}_t2.nii.gz']
     assert sids[1] in r.stderr and str(broken) in r.stderr, r.stderr        # the broken file, named whole
+
+
+def test_paths_and_values_the_system_or_the_model_refuse_are_clear_errors(p2p, tmp_path):
+    (tmp_path/'taken.nii.gz').mkdir()                                       # a folder where the output file should go
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', tmp_path/'taken.nii.gz')
+    assert r.returncode == 1 and r.stderr.startswith('error:') and 'Traceback' not in r.stderr and 'Fix:' in r.stderr
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', tmp_path/'o.nii.gz', '--batch-size', '0')
+    assert r.returncode == 2 and 'at least 1' in r.stderr                  # refused by the command line itself
+    r = brainkit('translate', '--checkpoint', p2p, '--input', t1_of(), '--output', tmp_path/'o.nii.gz', '--device', 'gpu')
+    assert r.returncode == 1 and "'gpu' is not a device name" in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'o.nii.gz').exists()
+
+
+def test_training_another_model_into_a_run_folder_is_refused_with_the_fix(p2p):
+    r = brainkit('train', 'cyclegan', '--out', p2p, *TINY, '--spacing', 4.8)
+    assert r.returncode == 1 and "belongs to a 'pix2pix' run, not a 'cyclegan' one" in r.stderr
+    assert 'another folder' in r.stderr and 'Traceback' not in r.stderr
