@@ -192,3 +192,11 @@ def test_training_another_model_into_a_run_folder_is_refused_with_the_fix(p2p):
     r = brainkit('train', 'cyclegan', '--out', p2p, *TINY, '--spacing', 4.8)
     assert r.returncode == 1 and "belongs to a 'pix2pix' run, not a 'cyclegan' one" in r.stderr
     assert 'another folder' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_another_plane_than_the_training_one_warns_and_quiet_may_follow_the_command(p2p, tmp_path):
+    r = subprocess.run([str(EXE), 'translate', '--checkpoint', str(p2p), '--input', str(t1_of()), '--output',
+                        str(tmp_path/'c.nii.gz'), '--plane', 'coronal', '-q'], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert 'translating coronal slices with a model trained on axial slices' in r.stderr
+    assert 'translate' not in r.stderr.replace('translating', '')         # -q after the command: no progress bar

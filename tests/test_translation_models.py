@@ -343,3 +343,10 @@ def test_unsafe_pickles_are_refused_by_the_python_api_and_by_resume(tmp_path):
     with one_thread(), pytest.raises(CheckpointError, match='would run code'):
         train_pix2pix({**P2P, 'epochs': 1, 'epochs_decay': 0}, run, progress=False)   # resuming reads the checkpoint
     assert not marker.exists()
+
+
+def test_the_samples_oracle_scores_the_hcp_samples_however_they_are_named(tmp_path):
+    from brainkit.io import samples_dir
+    m = train_cyclegan(CycleGANConfig(**{**CYC, 'epochs_decay': 0, 'sample_every': 0}, a_data=str(samples_dir('hcp'))),
+                       tmp_path/'run', progress=False)
+    assert set(m['oracle']) == {'ssim', 'psnr', 'mae'} and len(m['oracle_subjects']) == 2
