@@ -1,5 +1,5 @@
 # brainkit's two commands (README.md):
-#   make run    the main job: verify (or generate) data_samples/, execute every lesson notebook into runs/
+#   make run    the main job: verify (or generate) data_samples/, then the quick sweep Pix2Pix vs CycleGAN (runs/compare/)
 #   make test   the whole test suite: library == notebooks, clean notebooks, pytest, every notebook executes
 # Each one creates the project-local virtual environment .venv on first use (Python >= 3.10 and pip only).
 SHELL := /bin/bash
@@ -14,12 +14,16 @@ export IPYTHONDIR := $(CURDIR)/$(VENV)/ipython
 # The slice cache (brainkit.data) defaults to ~/.cache/brainkit; here it stays in the project (runs/ is ignored).
 export BRAINKIT_CACHE ?= $(CURDIR)/runs/cache
 export PYTHONDONTWRITEBYTECODE := 1
+# pytorch-fid imports torchvision. The registry's torchvision wheel is a CUDA build whose compiled ops do not load
+# with the CPU torch that constraints.txt gives on CPU machines. brainkit.metrics then registers placeholder op
+# schemas (FID uses none of the ops) when this documented switch is on; with a matching torchvision it does nothing.
+export BRAINKIT_TORCHVISION_PLACEHOLDER ?= 1
 
-.PHONY: run test venv export outputs bench help
+.PHONY: run test venv export outputs lessons bench help
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make run    # main job: samples + every lesson notebook, executed into runs/"
+	@echo "make run    # main job: samples + the quick sweep Pix2Pix vs CycleGAN, its table printed (runs/compare/)"
 	@echo "make test   # the whole test suite"
 
 $(STAMP): settings.ini setup.py constraints.txt
@@ -33,7 +37,7 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/brainkit samples verify --generate-missing
-	$(BIN)/brainkit lessons --out runs/lessons
+	$(BIN)/brainkit sweep nbs/sweeps/compare.yaml --workers 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -51,6 +55,9 @@ outputs: $(STAMP)  ## execute every notebook in place, so that the committed les
 	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --log-level WARN $$nb || exit 1; done
 	$(BIN)/python .ci/strip_widgets.py nbs/*.ipynb
 	$(MAKE) export
+
+lessons: $(STAMP)  ## every lesson notebook, executed with papermill into runs/lessons/
+	$(BIN)/brainkit lessons --out runs/lessons
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

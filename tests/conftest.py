@@ -2,6 +2,8 @@
 import os
 
 os.environ.setdefault('MPLBACKEND', 'Agg')  # no display in CI; set before anything imports matplotlib
+# CI pairs CPU torch with a CUDA torchvision wheel: let brainkit.metrics import pytorch-fid with placeholder op schemas
+os.environ.setdefault('BRAINKIT_TORCHVISION_PLACEHOLDER', '1')
 import tempfile as _tempfile
 # a default slice cache (no `cache=` given) must not land in $HOME during tests
 os.environ.setdefault('BRAINKIT_CACHE', os.path.join(_tempfile.gettempdir(), 'brainkit-test-cache'))
