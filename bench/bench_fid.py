@@ -7,7 +7,8 @@ Writes `bench/results/fid.json`. Run: `.venv/bin/python bench/bench_fid.py [--qu
 - Input: 96x96 slices in [-1, 1] (the network resizes them to 299x299 itself), batch sizes 1, 8 and 32.
 - A deeper block costs more: 64 dims stops after the first pooling, 2048 runs the whole network.
 - Also timed: the Frechet distance (scipy's sqrtm) at 64 and 2048 dims, which at 2048 costs seconds on a CPU.
-- Target: batching must not be slower per slice than one slice at a time (batch 32 >= 0.95x batch 1's rate).
+- Target: batching must not be slower per slice than one slice at a time (batch 32 >= 0.95x batch 1's rate);
+  at 64 dims it is (see bench/README.md), which is why the CPU default batch is 8.
 """
 from __future__ import annotations
 

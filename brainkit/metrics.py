@@ -224,11 +224,13 @@ def fid_input(x:torch.Tensor|np.ndarray, # slices (N, 1, H, W) (or (N, H, W)) in
 @torch.inference_mode()
 def inception_features(net:nn.Module, # from `fid_inception`
                        slices:torch.Tensor|np.ndarray, # (N, 1, H, W) in [-1, 1]
-                       batch_size:int=50, progress:bool=True,
+                       batch_size:int|None=None, # slices per pass (None: 50 on a GPU, as pytorch-fid; 8 on a CPU, see bench/)
+                       progress:bool=True,
                       ) -> dict[int, np.ndarray]:
     "Features of every slice, by block: {dims: (N, dims) float64}, batched, with a progress bar."
     from tqdm.auto import tqdm
     dev = next(net.parameters()).device
+    batch_size = batch_size or (50 if dev.type == 'cuda' else 8)
     if len(slices) == 0: raise ValueError("no slices to compute features of")
     out = {d: [] for d in net.dims}
     for i in tqdm(range(0, len(slices), batch_size), desc='FID features', disable=not progress, leave=False):
@@ -310,7 +312,7 @@ def real_features(subjects:Sequence, # `Subject`s of the real target-domain data
                   net:nn.Module, # from `fid_inception`
                   tumour_free:bool=False, # keep only slices without tumour (needs each subject's 'seg')
                   cache:str|Path|None=None, # folder (default: $BRAINKIT_CACHE/fid); False: no cache
-                  progress:bool=True, batch_size:int=50, **slicing, # `volume_slices`' plane, size, spacing, ...
+                  progress:bool=True, batch_size:int|None=None, **slicing, # `volume_slices`' plane, size, spacing, ...
                  ) -> dict[int, np.ndarray]:
     "Inception features of a real dataset's slices, from the cache when its files, slicing and weights are unchanged."
     subjects = list(subjects)
