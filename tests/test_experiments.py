@@ -303,3 +303,13 @@ def test_a_killed_sweep_resumes_with_only_the_missing_runs(nb, tmp_path):
     assert [r['status'] for r in res.rows] == ['done'] * 4 and [r['score'] for r in res.rows] == [2.0, 4.0, 6.0, 8.0]
     assert '| x=4 | 4 | done |' in r.stdout
     assert not Path(f'/proc/{orphan}').exists() or b'ipykernel' not in Path(f'/proc/{orphan}/cmdline').read_bytes()
+
+
+def test_a_metric_named_like_a_parameter_keeps_both(tmp_path):
+    "Review finding: metrics.json may record a parameter (seed, epochs); the table keeps the parameter and renames the metric."
+    nb = demo_notebook(tmp_path/'nb'/'demo.ipynb', PARAMS + "\nscore = -1.0")
+    for s in (0.5, 1.5): run_notebook(nb, {'score': s}, tmp_path/'runs')
+    res = collect_results(tmp_path/'runs', write=False)
+    assert res.params == ['score'] and [r['score'] for r in res.rows] == [0.5, 1.5]
+    assert 'metrics.score' in res.metrics and [r['metrics.score'] for r in res.rows] == [2.0, 2.0]
+    assert res.markdown().splitlines()[0].count('| score |') == 1
