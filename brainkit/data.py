@@ -19,16 +19,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .io import (BrainkitError, GeometryMismatchError, MissingModalityError, Subject, atomic_write_bytes,
+from .io import (BrainkitError, GeometryMismatchError, MissingModalityError, Subject, Volume, atomic_write_bytes,
                          load_volume, plane_axis, LABEL_KEYS)
 from .preprocess import CropPad, Normalizer, NoTumourFreeSlicesError, brain_mask, resample, select_slices
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'CacheError', 'default_cache_dir', 'Prep', 'SliceCache',
-           'read_slice', 'SliceReader', 'Entry', 'SliceSet', 'Augment', 'PairedSlices', 'UnpairedSlices', 'VolumeSet',
-           'make_loader']
+__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'CacheError', 'default_cache_dir', 'Prep', 'prepare_slices',
+           'SliceCache', 'read_slice', 'SliceReader', 'Entry', 'SliceSet', 'Augment', 'PairedSlices', 'UnpairedSlices',
+           'VolumeSet', 'make_loader']
 
 # %% ../nbs/05_data.ipynb #cf274a74
 class SplitError(BrainkitError):
@@ -105,6 +105,26 @@ class Prep:
         return None if self.normalizer is None else Normalizer.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in self.normalizer})
 
 # %% ../nbs/05_data.ipynb #4773408e
+def prepare_slices(vol:Volume, # a loaded (canonical) volume, or label map
+                   prep:Prep) -> tuple[np.ndarray, np.ndarray, Volume]:
+    "`vol` prepared as `prep` says, slices first: the array (D, H, W), its brain (or label) mask, and the resampled volume."
+    if prep.spacing is not None: vol = resample(vol, prep.spacing, label=prep.label)
+    if prep.label: data, brain, background = vol.data, vol.data > 0, 0
+    elif prep.normalize is not None:
+        brain = brain_mask(vol); data, background = prep.normalize(vol, brain), -1
+    else: data, brain, background = vol.data, vol.data != 0, 0
+    ax = plane_axis(prep.plane)
+    arr = np.ascontiguousarray(np.moveaxis(data, ax, 0))               # slices first: one slice = one contiguous block
+    brain = np.moveaxis(brain, ax, 0)
+    if prep.size is not None:                                          # in-plane axes are now 1 and 2
+        cp = CropPad(arr.shape, ((1, prep.size[0]), (2, prep.size[1])))
+        kept = cp.apply(brain, value=False)
+        if (lost := int(brain.sum()) - int(kept.sum())) > 0:
+            log.warning("%s: cropping to %s cuts %.1f%% of the %s", vol.path, prep.size, 100 * lost / brain.sum(),
+                        'labels' if prep.label else 'brain')
+        arr, brain = cp.apply(arr, value=background), kept
+    return arr, brain, vol
+
 class SliceCache:
     "Preprocessed volumes as slice-first .npy files, read with memory mapping; rebuilt when stale."
     VERSION = 1
@@ -144,21 +164,7 @@ class SliceCache:
     def _build(self, src:Path, prep:Prep, npy:Path, side:Path, meta:dict) -> dict:
         vol = load_volume(src, label=prep.label, label_values=prep.label_values,
                           label_map=dict(prep.label_map) if prep.label_map else None)
-        if prep.spacing is not None: vol = resample(vol, prep.spacing, label=prep.label)
-        if prep.label: data, brain, background = vol.data, vol.data > 0, 0
-        elif prep.normalize is not None:
-            brain = brain_mask(vol); data, background = prep.normalize(vol, brain), -1
-        else: data, brain, background = vol.data, vol.data != 0, 0
-        ax = plane_axis(prep.plane)
-        arr = np.ascontiguousarray(np.moveaxis(data, ax, 0))           # slices first: one slice = one contiguous block
-        brain = np.moveaxis(brain, ax, 0)
-        if prep.size is not None:                                      # in-plane axes are now 1 and 2
-            cp = CropPad(arr.shape, ((1, prep.size[0]), (2, prep.size[1])))
-            kept = cp.apply(brain, value=False)
-            if (lost := int(brain.sum()) - int(kept.sum())) > 0:
-                log.warning("%s: cropping to %s cuts %.1f%% of the %s", src, prep.size, 100 * lost / brain.sum(),
-                            'labels' if prep.label else 'brain')
-            arr, brain = cp.apply(arr, value=background), kept
+        arr, brain, vol = prepare_slices(vol, prep)
         info = meta | {'shape': list(arr.shape), 'dtype': str(arr.dtype),
                        'grid': {'shape': list(vol.shape), 'affine': np.round(vol.affine, 4).tolist()},
                        'area': [int(n) for n in brain.reshape(len(brain), -1).sum(1)],

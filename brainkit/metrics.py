@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -20,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Prep, default_cache_dir
+from .data import Prep, default_cache_dir, prepare_slices
 from .io import BrainkitError, Volume, atomic_write_bytes, plane_axis
 from .losses import dice_per_region, ssim
-from .preprocess import CropPad, brain_mask, resample
+from .preprocess import brain_mask
 from .segment import REGION_NAMES, label_regions
 from .train import pick_device
 
@@ -214,7 +215,6 @@ def random_fid_weights(path:str|Path|None=None, # where to write the state dict 
     with torch.no_grad():
         for _ in range(calibrate): net(torch.rand(8, 3, 299, 299) * 2 - 1)
     p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
-    import io
     buf = io.BytesIO(); torch.save(net.state_dict(), buf)
     return atomic_write_bytes(p, buf.getvalue())
 
@@ -293,23 +293,14 @@ def volume_slices(vol:Volume, # a volume (canonical, as loaded)
                   stride:int=1, # then keep every `stride`-th slice (neighbours are nearly alike; FID cost is per slice)
                  ) -> torch.Tensor:
     "A volume's slices (N, 1, H, W) in [-1, 1], preprocessed like brainkit's training slices, brainless ones dropped."
-    prep = Prep.make(plane, size, normalizer, spacing=spacing)
-    ax = plane_axis(plane)
-    if keep is not None and prep.spacing is not None:           # per-slice flags follow the resampling along `ax`
-        n_in = vol.shape[ax]
-        vol = resample(vol, prep.spacing)
-        r, k_in = n_in / vol.shape[ax], np.asarray(keep, bool)       # a resampled slice mixes the input slices it overlaps
-        keep = np.array([k_in[int(np.floor(j * r)):max(int(np.ceil((j + 1) * r)), int(np.floor(j * r)) + 1)].all()
-                         for j in range(vol.shape[ax])])
-    elif prep.spacing is not None: vol = resample(vol, prep.spacing)
-    brain = brain_mask(vol)
-    arr = np.moveaxis(prep.normalize(vol, brain), ax, 0); brain = np.moveaxis(brain, ax, 0)
-    if prep.size is not None:
-        cp = CropPad(arr.shape, ((1, prep.size[0]), (2, prep.size[1])))
-        arr, brain = cp.apply(arr, value=-1), cp.apply(brain, value=False)
+    n_in = vol.shape[plane_axis(plane)]
+    arr, brain, _ = prepare_slices(vol, Prep.make(plane, size, normalizer, spacing=spacing))   # as brainkit.data does
     area = brain.reshape(len(brain), -1).sum(1)
     ok = area >= min_brain * max(area.max(), 1)
-    if keep is not None: ok &= keep
+    if keep is not None:             # per input slice; a resampled slice is kept only if every input slice it mixes is
+        r, k_in = n_in / len(arr), np.asarray(keep, bool)
+        ok &= np.array([k_in[int(np.floor(j * r)):max(int(np.ceil((j + 1) * r)), int(np.floor(j * r)) + 1)].all()
+                        for j in range(len(arr))])
     idx = np.flatnonzero(ok)[::stride]
     return torch.from_numpy(np.ascontiguousarray(arr[idx]))[:, None]
 
@@ -343,7 +334,6 @@ def real_features(subjects:Sequence, # `Subject`s of the real target-domain data
         slices.append(volume_slices(s.load([modality])[modality], keep=keep, **slicing))
     feats = inception_features(net, torch.cat(slices), batch_size, progress)
     if path is not None:
-        import io
         buf = io.BytesIO(); np.savez(buf, key=json.dumps(key), **{f'f{d}': v for d, v in feats.items()})
         try: atomic_write_bytes(path, buf.getvalue())
         except OSError as e: log.warning("cannot cache FID features in %s (%s): they will be recomputed next time", path, e)
@@ -429,8 +419,9 @@ def stacking_anisotropy(vol:Volume|np.ndarray, axis:int|str='axial', mask:np.nda
     "Jumpiness along `axis` over the mean jumpiness along the two other axes (> its real counterpart: stacked slices)."
     ax = plane_axis(axis) if isinstance(axis, str) else int(axis)
     mask = brain_mask(vol) if mask is None else mask
-    j = [slice_jumpiness(vol, a, mask, block) for a in range(3)]
-    return j[ax] / np.mean([j[a] for a in range(3) if a != ax])
+    return _anisotropy([slice_jumpiness(vol, a, mask, block) for a in range(3)], ax)
+
+def _anisotropy(j:Sequence[float], ax:int) -> float: return j[ax] / np.mean([j[a] for a in range(3) if a != ax])
 
 def consistency(fake:Volume|np.ndarray, # a translated volume, stacked along `axis`
                 reference:Volume|np.ndarray, # a real volume of the same brain, same grid
@@ -441,9 +432,9 @@ def consistency(fake:Volume|np.ndarray, # a translated volume, stacked along `ax
         raise ValueError(f"the translation {_data(fake).shape} and the reference {_data(reference).shape} are on different grids: resample one first")
     mask = brain_mask(reference) if mask is None else mask
     (jf, jr) = ([slice_jumpiness(v, a, mask, block) for a in range(3)] for v in (fake, reference))
-    aniso = lambda j: j[ax] / np.mean([j[a] for a in range(3) if a != ax])
+    af, ar = _anisotropy(jf, ax), _anisotropy(jr, ax)
     return {'jumpiness': jf[ax], 'reference_jumpiness': jr[ax], 'excess': jf[ax] / jr[ax],
-            'anisotropy': aniso(jf), 'reference_anisotropy': aniso(jr), 'anisotropy_excess': aniso(jf) / aniso(jr)}
+            'anisotropy': af, 'reference_anisotropy': ar, 'anisotropy_excess': af / ar}
 
 # %% ../nbs/12_metrics.ipynb #42e4b478
 def _surface(m:np.ndarray) -> np.ndarray:
