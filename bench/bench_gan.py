@@ -49,7 +49,8 @@ from brainkit.cyclegan import CycleGAN, CycleGANConfig  # noqa: E402
 from brainkit.io import make_volume  # noqa: E402
 from brainkit.pix2pix import Pix2Pix, Pix2PixConfig  # noqa: E402
 from brainkit.preprocess import Normalizer, brain_mask  # noqa: E402
-from brainkit.translate import size_multiple, translate_slices, translate_volume  # noqa: E402
+from brainkit.networks import generator_spec  # noqa: E402
+from brainkit.translate import translate_slices, translate_volume  # noqa: E402
 
 RATIO_TARGET = 1.05      # brainkit / plain, one training iteration
 SPEEDUP_TARGET = 2.0     # per-slice loop / brainkit's batched translate_volume, CPU
@@ -333,7 +334,7 @@ def naive_translate_volume(G:nn.Module, info:dict, vol):
     mask = brain_mask(vol)
     x, st = norm.apply(vol, mask)                                    # (X, Y, Z), background -1
     X, Y, Z = x.shape
-    mult = size_multiple(info['network'])
+    mult = generator_spec(info['network']['name']).multiple
     H, W = (max(info['size'], -(-n // mult) * mult) for n in (X, Y))
     px, py = -((X - H) // 2), -((Y - W) // 2)                        # where brainkit's CropPad puts the slice
     out = np.empty(x.shape, np.float32)

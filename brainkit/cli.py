@@ -25,32 +25,58 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'describe_volume', 'lesson_notebooks', 'this_python_kernel', 'run_lessons', 'field_comments',
            'add_config_arguments', 'parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #68a6ac32
+# %% ../nbs/90_cli.ipynb #13f380ff
+def _label_rule(uniq:np.ndarray|None, # the distinct values, when all are whole numbers (else None)
+                intent_label:bool, # the header's intent is NIFTI_INTENT_LABEL
+               ) -> str:
+    "What a volume's values look like: 'label map', 'could be a label map' or 'intensities'."
+    if intent_label: return 'label map'
+    if uniq is None or uniq.size > 256: return 'intensities'
+    if uniq.size <= 16: return 'label map'  # masks, tumour labels, tissue classes
+    nz = uniq[uniq != 0]
+    dense = nz.size >= 0.5 * (float(nz.max()) - float(nz.min()) + 1)  # an image's values fill their range
+    return 'intensities' if dense else 'could be a label map'  # sparse codes: an atlas, or a coarsely stepped image
+
+def _voxel_summary(data:np.ndarray, intent_label:bool) -> dict:
+    "Non-finite and non-zero voxels, what the values look like, and label counts or intensity percentiles (both if unsure)."
+    finite = np.isfinite(data) if data.dtype.kind == 'f' else np.ones(data.shape, bool)
+    vals = data[finite & (data != 0)]
+    out = {'nonfinite_voxels': int(data.size - finite.sum()), 'nonzero_fraction': round(float(vals.size / max(data.size, 1)), 4)}
+    whole = data.dtype.kind in 'iub' or np.array_equal(vals, np.round(vals))
+    uniq, counts = np.unique(data[finite], return_counts=True) if whole or intent_label else (None, None)
+    out['kind'] = kind = _label_rule(uniq if whole else None, intent_label)
+    if whole: out['distinct_values'] = int(uniq.size)
+    if kind != 'intensities': out['labels'] = {(int(k) if whole else k.item()): int(n) for k,n in zip(uniq, counts)}
+    if kind != 'label map' and vals.size:
+        out['intensity_percentiles_nonzero'] = {p: round(float(np.percentile(vals, p)), 3) for p in (0.5, 50, 99.5)}
+    return out
+
+# %% ../nbs/90_cli.ipynb #88374a6f
 def describe_volume(path:str|Path) -> dict:
-    "Geometry, orientation and voxel summary of any NIfTI file (4D, labels, NaNs included), as a dict."
-    from brainkit.io import _open_nifti
+    "Geometry, orientation, scaling, obliquity and a voxel summary of any NIfTI file (4D, labels, NaNs included), as a dict."
+    from brainkit.io import OBLIQUE_TOL_DEG, oblique_angle, open_nifti
     import nibabel as nib
-    img, raw = _open_nifti(Path(path))
-    hdr = img.header
+    img = open_nifti(path)
+    hdr, proxy = img.header, img.dataobj
+    angle = oblique_angle(img.affine)
     out = {'file': str(path), 'shape': list(img.shape),
            'spacing_mm': [round(float(z), 4) for z in hdr.get_zooms()[:3]],
            'source_orientation': ''.join(nib.aff2axcodes(img.affine)), 'disk_dtype': str(hdr.get_data_dtype()),
            'qform_code': int(hdr['qform_code']), 'sform_code': int(hdr['sform_code']),
-           'scaling': [None if x is None else float(x) for x in hdr.get_slope_inter()]}
+           # nibabel moves scl_slope/scl_inter off the header onto the voxel proxy (the header then says None, None)
+           'scaling': [float(getattr(proxy, 'slope', 1.)), float(getattr(proxy, 'inter', 0.))],
+           'obliquity_deg': round(angle, 3)}
+    if angle > OBLIQUE_TOL_DEG:
+        out['oblique'] = (f"yes, {angle:.1f}° off the world axes: brainkit loads it in the closest canonical order without "
+                          "resampling, so its axial/coronal/sagittal slices follow the voxel grid, not the world's planes")
     if len(img.shape) > 3 and int(np.prod(img.shape[3:])) > 1:
         out['note'] = f"{int(np.prod(img.shape[3:]))} volumes: brainkit reads one 3D volume per file"
-    data = np.asanyarray(img.dataobj)
-    finite = np.isfinite(data) if data.dtype.kind == 'f' else np.ones(data.shape, bool)
-    out['nonfinite_voxels'] = int(data.size - finite.sum())
-    vals = data[finite & (data != 0)]
-    out['nonzero_fraction'] = round(float(vals.size / max(data.size, 1)), 4)
-    whole = vals.size == 0 or np.array_equal(vals, np.round(vals))
-    uniq = np.unique(vals) if whole else None
-    if whole and uniq.size <= 256:  # a label map (masks, tumour labels, atlas parcellations): count each label
-        out['labels'] = {int(k): int(n) for k,n in zip(*np.unique(data[finite], return_counts=True))}
-    elif vals.size: out['intensity_percentiles_nonzero'] = {p: round(float(np.percentile(vals, p)), 3) for p in (0.5, 50, 99.5)}
-    return out
+    try: intent = hdr.get_intent()[0]
+    except KeyError: intent = f"code {int(hdr['intent_code'])}"  # a code nibabel does not know
+    if intent != 'none': out['intent'] = intent
+    return {**out, **_voxel_summary(np.asanyarray(proxy), intent == 'label')}
 
+# %% ../nbs/90_cli.ipynb #f6b850ae
 def _info(args) -> int:
     bad = 0
     for f in args.files:
@@ -112,7 +138,7 @@ def _samples(args) -> int:
     print(f"{root}: all {n} files match MANIFEST.json{note}")
     return 0
 
-# %% ../nbs/90_cli.ipynb #7d2fcea4
+# %% ../nbs/90_cli.ipynb #b54f8c69
 def lesson_notebooks(nbs:str|Path='nbs', only:list[str]|None=None) -> list[Path]:
     "The lesson notebooks `NN_*.ipynb` of folder `nbs`, in order (those whose name starts with one of `only`)."
     nbs = Path(nbs)
@@ -124,6 +150,7 @@ def lesson_notebooks(nbs:str|Path='nbs', only:list[str]|None=None) -> list[Path]
                                       "check --nbs and --only")
     return found
 
+# %% ../nbs/90_cli.ipynb #2c5f658e
 @contextlib.contextmanager
 def this_python_kernel():
     "A Jupyter kernel named 'brainkit-lessons' that runs this interpreter (yields the name; gone afterwards)."
@@ -141,6 +168,7 @@ def this_python_kernel():
             if old is None: os.environ.pop('JUPYTER_PATH', None)
             else: os.environ['JUPYTER_PATH'] = old
 
+# %% ../nbs/90_cli.ipynb #4f7d02c0
 def run_lessons(nbs:str|Path='nbs', # folder of the notebooks
                 out:str|Path='runs/lessons', # where executed notebooks and summary.json go
                 only:list[str]|None=None, # run only notebooks whose names start with these
@@ -182,6 +210,7 @@ def _run_each(notebooks, out, kernel, timeout, progress, summary):
                                 'error': msg[-1] if msg else type(e).__name__}
             log.warning("%s failed: %s", nb.name, summary[nb.name]['error'])
 
+# %% ../nbs/90_cli.ipynb #686b7ede
 def _lessons(args) -> int:
     summary = run_lessons(args.nbs, args.out, args.only, args.timeout, progress=not args.quiet)
     w = max(map(len, summary))
@@ -192,7 +221,7 @@ def _lessons(args) -> int:
     if bad: print(f"{len(bad)} notebook(s) failed: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0
 
-# %% ../nbs/90_cli.ipynb #3c3d7f70
+# %% ../nbs/90_cli.ipynb #9443bb91
 def _field_type(f) -> type:
     "The Python type of a dataclass field whose annotation is a string (postponed annotations)."
     t = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))
@@ -239,6 +268,7 @@ def _config_from(args, cls):
     import dataclasses
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
+# %% ../nbs/90_cli.ipynb #8914d191
 def _segment_train(args) -> int:
     from brainkit.segment import SegConfig, train_segmentation
     try: cfg = _config_from(args, SegConfig)
@@ -272,28 +302,26 @@ def _segment_predict(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #0c3b692f
 def _train(args) -> int:
-    from brainkit.pix2pix import Pix2PixConfig, train_pix2pix
-    from brainkit.cyclegan import CycleGANConfig, train_cyclegan
-    cls, train = {'pix2pix': (Pix2PixConfig, train_pix2pix), 'cyclegan': (CycleGANConfig, train_cyclegan)}[args.model]
-    try: cfg = _config_from(args, cls)
+    from brainkit.gan import train_translation, translators
+    model = translators()[args.model]
+    try: cfg = _config_from(args, model.Config)
     except ValueError as e: raise BrainkitError(None, str(e), f"see `brainkit train {args.model} --help`") from None
-    try: m = train(cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
+    try: m = train_translation(model, cfg, args.out, resume=not args.no_resume, progress=not args.quiet)
     finally:
         import torch.distributed as tdist
         if tdist.is_available() and tdist.is_initialized(): tdist.destroy_process_group()   # a torchrun process leaves cleanly
     if not m: return 0                                  # a distributed run's other processes: rank 0 reports
-    scores = m.get('val') or m.get('oracle') or {}
-    what = 'held-out' if 'val' in m else 'oracle (A->B on held-out A subjects)'
     print(f"trained {m['epochs']} epochs on {m['processes']} process(es); final losses "
           + ', '.join(f"{k} {v:.3f}" for k, v in m['final_losses'].items()))
-    if scores: print(f"{what}: SSIM {scores['ssim']:.3f}  PSNR {scores['psnr']:.2f} dB  MAE {scores['mae']:.3f}")
+    if scores := m.get(model.score_name):
+        print(f"{model.score_name} (held-out subjects): SSIM {scores['ssim']:.3f}  PSNR {scores['psnr']:.2f} dB  MAE {scores['mae']:.3f}")
     print(f"run folder: {Path(args.out).resolve()}  (checkpoint.pt, history.csv, iterations.csv, samples/, metrics.json)")
     return 0
 
 def _translate(args) -> int:
     from brainkit.translate import translate_path
     for w in translate_path(args.checkpoint, args.input, args.output, args.direction, args.plane, args.batch_size, args.fit,
-                            args.dataset, args.device, progress=not args.quiet): print(w)
+                            args.dataset, args.layout, args.device, progress=not args.quiet): print(w)
     return 0
 
 # %% ../nbs/90_cli.ipynb #ad25e39c
@@ -315,7 +343,7 @@ def _results(args) -> int:
     from brainkit.experiments import collect_results
     return _print_results(collect_results(args.run_dir))
 
-# %% ../nbs/90_cli.ipynb #8852921c
+# %% ../nbs/90_cli.ipynb #6bafcc74
 def _quiet_too(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Let `-q` also come after the subcommand (`brainkit translate ... -q`)."
     p.add_argument('-q', '--quiet', action='store_true', default=argparse.SUPPRESS, help='no progress bars')
@@ -330,17 +358,11 @@ def _train_parser(sub, name:str, what:str, cls, func) -> argparse.ArgumentParser
     t.set_defaults(func=func)
     return t
 
-def parser() -> argparse.ArgumentParser:
-    "The argument parser of the `brainkit` command."
-    p = argparse.ArgumentParser(prog='brainkit', description="brainkit: brain MRI segmentation and translation kit")
-    p.add_argument('--version', action='version', version=f'brainkit {__version__}')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
-    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
+def _data_commands(sub):
+    "`info`, `scan` and `samples`: files and datasets."
     s = sub.add_parser('info', help="geometry, orientation and intensities of NIfTI files")
     s.add_argument('files', nargs='+', metavar='FILE'); s.add_argument('--json', action='store_true', help='one JSON line per file')
     s.set_defaults(func=_info)
-
     s = sub.add_parser('scan', help="check every subject of a dataset, reporting all problems at once")
     s.add_argument('dataset_dir', metavar='DATASET')
     s.add_argument('--dataset', default='auto', choices=['auto', *LAYOUTS], help='layout (default: detect)')
@@ -350,7 +372,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--headers-only', action='store_true', help='check shapes and affines only (fast)')
     s.add_argument('--workers', type=int, default=2, help='threads reading files')
     s.set_defaults(func=_scan)
-
     s = sub.add_parser('samples', help="generate or verify the synthetic sample datasets")
     ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
     g = ss.add_parser('generate', help='write the sample datasets from their seed')
@@ -363,12 +384,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument('--workers', type=int, default=2)
     s.set_defaults(func=_samples)
 
+# %% ../nbs/90_cli.ipynb #118ed6b1
+def _experiment_commands(sub):
+    "`lessons`, `sweep` and `results`: notebooks as experiments."
     s = sub.add_parser('lessons', help="execute every lesson notebook with papermill into runs/lessons/")
     s.add_argument('--nbs', default='nbs', help='folder of the notebooks'); s.add_argument('--out', default='runs/lessons')
     s.add_argument('--only', nargs='+', help='run only notebooks whose names start with these (e.g. 00 01_phantom)')
     s.add_argument('--timeout', type=int, default=1800, help='seconds per cell')
     s.set_defaults(func=_lessons)
-
     s = _quiet_too(sub.add_parser('sweep', help="run a sweep of an experiment notebook, skipping finished runs; print its results table"))
     s.add_argument('sweep', metavar='SWEEP', help='the sweep file (.yaml, .yml or .json; see chapter 13)')
     s.add_argument('--workers', type=_positive, default=None, help="notebooks run at the same time (default: the file's `workers`, else 1)")
@@ -378,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (or a folder of run folders)")
     s.set_defaults(func=_results)
 
+def _segment_commands(sub):
+    "`segment train` and `segment predict`."
     s = sub.add_parser('segment', help="train a tumour segmentation U-Net, or segment NIfTI volumes with one")
     ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
     from brainkit.segment import SegConfig       # (imports torch: about a second)
@@ -390,26 +415,37 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument('--device', default='auto'); pr.add_argument('--batch-size', type=_positive, default=16)
     pr.set_defaults(func=_segment_predict)
 
-    s = sub.add_parser('train', help="train (or resume) a Pix2Pix or CycleGAN translation model; torchrun-ready")
+# %% ../nbs/90_cli.ipynb #8c7f9d9a
+def _translation_commands(sub):
+    "`train MODEL` for every registered translation model, and `translate`."
+    from brainkit.gan import translators
+    s = sub.add_parser('train', help="train (or resume) a translation model (" + ', '.join(translators()) + "); torchrun-ready")
     ss = s.add_subparsers(dest='model', required=True, metavar='MODEL')
-    from brainkit.pix2pix import Pix2PixConfig
-    from brainkit.cyclegan import CycleGANConfig
-    for name, cls, what in (('pix2pix', Pix2PixConfig, 'paired translation (e.g. BraTS t1 -> t2)'),
-                            ('cyclegan', CycleGANConfig, 'unpaired translation (e.g. HCP t1 -> BraTS t1)')):
-        _train_parser(ss, name, what, cls, _train)
-
+    for name, cls in translators().items():
+        _train_parser(ss, name, getattr(cls, 'description', (cls.__doc__ or name).splitlines()[0]), cls.Config, _train)
     s = _quiet_too(sub.add_parser('translate', help="translate NIfTI volumes with a trained generator, written in the input's space"))
-    s.add_argument('--checkpoint', required=True, help="a pix2pix or cyclegan run's checkpoint.pt (or its folder)")
+    s.add_argument('--checkpoint', required=True, help="a translation run's checkpoint.pt (or its folder)")
     s.add_argument('--input', required=True, help='a NIfTI file, a subject folder, or a dataset folder')
-    s.add_argument('--output', required=True, help='a .nii.gz file (one volume or subject) or a folder (SUBJECT_TARGET.nii.gz each)')
-    s.add_argument('--direction', default='AtoB', choices=['AtoB', 'BtoA'], help="CycleGAN's direction (default AtoB)")
+    s.add_argument('--output', required=True, help='a .nii.gz file (one volume or subject) or a folder (a dataset)')
+    s.add_argument('--direction', default='AtoB', help="which generator, as the checkpoint names it (default AtoB; CycleGAN also has BtoA)")
     s.add_argument('--plane', default=None, choices=list(PLANES), help="slicing plane (default: the model's)")
     s.add_argument('--fit', default='pad', choices=['pad', 'none'], help="pad slices to a size the network takes (default), or refuse")
     s.add_argument('--dataset', default='auto', choices=['auto', *LAYOUTS], help='layout of a folder --input (default: detect)')
+    s.add_argument('--layout', default='subjects', choices=['subjects', 'input'],
+                   help="a dataset's output: SUBJECT/SUBJECT_TARGET.nii.gz (subjects, default), or the input's own layout with its files")
     s.add_argument('--device', default='auto'); s.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
     s.set_defaults(func=_translate)
+
+def parser() -> argparse.ArgumentParser:
+    "The argument parser of the `brainkit` command."
+    p = argparse.ArgumentParser(prog='brainkit', description="brainkit: brain MRI segmentation and translation kit")
+    p.add_argument('--version', action='version', version=f'brainkit {__version__}')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for add in (_data_commands, _experiment_commands, _segment_commands, _translation_commands): add(sub)
     return p
 
+# %% ../nbs/90_cli.ipynb #07846d6d
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `brainkit` command; returns the exit code."
     args = parser().parse_args(argv)

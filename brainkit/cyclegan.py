@@ -6,33 +6,34 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import LAYOUTS, BrainkitError, Subject, atomic_write_bytes, open_dataset, samples_dir
+from .io import LAYOUTS, BrainkitError, Subject, open_dataset, samples_dir
 from .preprocess import Normalizer
-from .data import PAIRINGS, Augment, SliceCache, SliceSet, UnpairedSlices, make_loader
+from .data import PAIRINGS, Augment, SliceCache, SliceSet, Slicing, UnpairedSlices, fit_normalizers, split_dataset
 from .networks import discriminator, generator
 from .losses import GANLoss, ImagePool, gradient_penalty
-from .train import Dist, Precision, Run, TrainConfig, distributed_sampler, fit, linear_decay, wrap_ddp
-from .pix2pix import (_dataset_split, _fit_normalizers, _rank0_first, _scored, _seed_process, _split_seed, _start,
-                              gan_checks, mean_scores, set_requires_grad, subject_scores, translate_batch)
+from .metrics import subject_scores
+from .train import Dist, Precision, wrap_ddp
+from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
+                          train_translation, translate_batch)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CycleGANConfig', 'CycleGAN', 'OracleSlices', 'evaluate_oracle', 'train_cyclegan']
+__all__ = ['log', 'CycleGANConfig', 'CycleGAN', 'generator_losses', 'discriminator_loss', 'OracleSlices', 'evaluate_oracle',
+           'unpaired_data', 'train_cyclegan']
 
 # %% ../nbs/10_cyclegan.ipynb #cff1e188
 @dataclass
-class CycleGANConfig(TrainConfig):
+class CycleGANConfig(GANConfig):
     "Every setting of a CycleGAN run (defaults: the quick HCP-like t1 -> BraTS-like t1 run on the samples)."
     a_data: str|None = None # domain A folder (None: the bundled HCP-like samples)
     a_dataset: str = 'auto' # its layout, one of brainkit.io.LAYOUTS, or 'auto'
@@ -45,27 +46,16 @@ class CycleGANConfig(TrainConfig):
     pairing: str = 'random' # how an A slice finds its B partner: 'random', 'position' or 'position_range'
     window: float = 0.1 # position_range: the partner lies within this relative distance of the A slice's position
     oracle: str|None = None # A subjects rendered in B's contrast, to score A->B against (None: the samples' oracle for the samples)
-    plane: str = 'axial'
-    size: int = 64 # in-plane crop/pad, pixels (reference: 256)
-    spacing: float|None = 3.6 # resample both domains to this voxel size, mm (quick: 1.5x the samples' 2.4 mm; real data: 1.0; None: keep)
-    normalization: str = 'percentile' # intensity normalization to [-1, 1]
-    min_brain: float = 0.25 # slices with at least this fraction of the largest brain area
-    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions of each domain's subjects
-    split_seed: int|None = None # seed of the subject split (None: `seed`; fix it to vary only the training's randomness)
-    augment: bool = False # random flips, small rotations/scalings
-    netG: str = 'resnet_6blocks' # reference: resnet_9blocks
-    netD: str = 'basic' # the 70x70 PatchGAN
-    n_layers_D: int = 3
-    ngf: int = 8 # reference: 64
-    ndf: int = 8 # reference: 64
-    norm: str = 'instance'
-    dropout: bool = False
-    init: str = 'normal'
-    gan_mode: str = 'lsgan' # 'lsgan', 'vanilla' or 'wgangp'
     lambda_A: float = 10.0 # cycle A -> B -> A
     lambda_B: float = 10.0 # cycle B -> A -> B
     lambda_identity: float = 0.5 # identity loss, as a fraction of lambda_A/B (0: off)
     pool_size: int = 50 # image pool of fakes for the discriminators (0: off)
+    size: int = 64 # in-plane crop/pad, pixels (reference: 256)
+    spacing: float|None = 3.6 # resample both domains to this voxel size, mm (quick: 1.5x the samples' 2.4 mm; real data: 1.0; None: keep)
+    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions of each domain's subjects
+    netG: str = 'resnet_6blocks' # reference: resnet_9blocks
+    ngf: int = 8 # reference: 64
+    ndf: int = 8 # reference: 64
     lr: float = 5e-4 # Adam's learning rate (reference: 2e-4; the quick run's short schedule needs more)
     epochs: int = 3 # epochs at the initial learning rate (reference: 100)
     epochs_decay: int = 1 # then epochs of linear decay to 0 (reference: 100)
@@ -77,11 +67,13 @@ class CycleGANConfig(TrainConfig):
                   (0 < self.window <= 1 and self.margin >= 0, "window must be in (0, 1] and margin at least 0"),
                   (min(self.lambda_A, self.lambda_B, self.lambda_identity) >= 0 and self.pool_size >= 0,
                    "the loss weights and pool_size must be at least 0")]
-        return super().problems() + [msg for ok, msg in gan_checks(self) + checks if not ok]
+        return super().problems() + [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/10_cyclegan.ipynb #10883967
 class CycleGAN:
     "CycleGAN's networks, losses, optimizers, pools and update step (reference: cycle_gan_model.py)."
+    name, Config, score_name = 'cyclegan', CycleGANConfig, 'oracle'
+    description = 'unpaired translation (e.g. HCP t1 -> BraTS t1)'
     loss_names = ('D_A', 'G_A', 'cycle_A', 'idt_A', 'D_B', 'G_B', 'cycle_B', 'idt_B')
     visual_names = ('real_A', 'fake_B', 'rec_A', 'real_B', 'fake_A', 'rec_B')
 
@@ -108,41 +100,51 @@ class CycleGAN:
     def optims(self) -> dict: return {'G': self.opt_G, 'D': self.opt_D}
     @property
     def pools(self) -> dict: return {'pool_A': self.pool_A, 'pool_B': self.pool_B}
-
-    def _d_loss(self, d, real, fake):
-        "A discriminator's loss on a real and a (pooled, detached) fake batch, halved."
-        loss = (self.gan(d(real), True) + self.gan(d(fake.detach()), False)) * 0.5
-        if self.cfg.gan_mode == 'wgangp': loss = loss + gradient_penalty(d, real, fake.detach())
-        return loss
+    @property
+    def extras(self) -> dict: return {**self.pools, 'precision': self.prec}
+    @classmethod
+    def prepare(cls, cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+        "The unpaired slices of the run (see `unpaired_data`)."
+        return unpaired_data(cfg, dist, cache, progress)
 
     def step(self, batch:Mapping) -> dict[str, float]:
         "One update of both generators, then both discriminators, on a batch {'A': (N, 1, H, W), 'B': (N, 1, H, W)}."
-        c, l = self.cfg, {}
         real_A, real_B = batch['A'].to(self.device, non_blocking=True), batch['B'].to(self.device, non_blocking=True)
         set_requires_grad([self.D_A, self.D_B], False)
         self.opt_G.zero_grad(set_to_none=True)
-        with self.prec.autocast():
-            fake_B = self.g_a(real_A); rec_A = self.g_b(fake_B)
-            fake_A = self.g_b(real_B); rec_B = self.g_a(fake_A)
-            l['G_A'] = self.gan(self.D_A(fake_B), True)                 # frozen, unwrapped discriminators
-            l['G_B'] = self.gan(self.D_B(fake_A), True)
-            l['cycle_A'] = F.l1_loss(rec_A.float(), real_A) * c.lambda_A
-            l['cycle_B'] = F.l1_loss(rec_B.float(), real_B) * c.lambda_B
-            if self.identity:
-                l['idt_A'] = F.l1_loss(self.g_a(real_B).float(), real_B) * c.lambda_B * c.lambda_identity
-                l['idt_B'] = F.l1_loss(self.g_b(real_A).float(), real_A) * c.lambda_A * c.lambda_identity
-            else: l['idt_A'] = l['idt_B'] = torch.zeros((), device=self.device)
-            loss_G = l['G_A'] + l['G_B'] + l['cycle_A'] + l['cycle_B'] + l['idt_A'] + l['idt_B']
-        self.prec.step(loss_G, self.opt_G, 'G')
+        with self.prec.autocast(): l, ims = generator_losses(self, real_A, real_B)
+        self.prec.step(sum(l[k] for k in ('G_A', 'G_B', 'cycle_A', 'cycle_B', 'idt_A', 'idt_B')), self.opt_G, 'G')
         set_requires_grad([self.D_A, self.D_B], True)
         self.opt_D.zero_grad(set_to_none=True)
+        wgangp = self.cfg.gan_mode == 'wgangp'
         with self.prec.autocast():
-            l['D_A'] = self._d_loss(self.d_a, real_B, self.pool_B.query(fake_B.detach()))
-            l['D_B'] = self._d_loss(self.d_b, real_A, self.pool_A.query(fake_A.detach()))
+            l['D_A'] = discriminator_loss(self.gan, self.d_a, real_B, self.pool_B.query(ims['fake_B'].detach()), wgangp)
+            l['D_B'] = discriminator_loss(self.gan, self.d_b, real_A, self.pool_A.query(ims['fake_A'].detach()), wgangp)
         self.prec.step(l['D_A'] + l['D_B'], self.opt_D, 'D')
-        self.visuals = {'real_A': real_A, 'fake_B': fake_B.detach().float(), 'rec_A': rec_A.detach().float(),
-                        'real_B': real_B, 'fake_A': fake_A.detach().float(), 'rec_B': rec_B.detach().float()}
-        return {k: l[k].item() for k in self.loss_names}
+        self.visuals = {'real_A': real_A, 'real_B': real_B, **{k: v.detach().float() for k, v in ims.items()}}
+        self.visuals = {k: self.visuals[k] for k in self.visual_names}
+        return loss_values(l, self.loss_names)
+
+# %% ../nbs/10_cyclegan.ipynb #76736c65
+def generator_losses(m, real_A:torch.Tensor, real_B:torch.Tensor) -> tuple[dict, dict]:
+    "CycleGAN's generator objective (its discriminators frozen): each loss by name, and the images made on the way."
+    c, l = m.cfg, {}
+    fake_B = m.g_a(real_A); rec_A = m.g_b(fake_B)
+    fake_A = m.g_b(real_B); rec_B = m.g_a(fake_A)
+    l['G_A'] = m.gan(m.D_A(fake_B), True)                      # frozen, unwrapped discriminators
+    l['G_B'] = m.gan(m.D_B(fake_A), True)
+    l['cycle_A'] = F.l1_loss(rec_A.float(), real_A) * c.lambda_A
+    l['cycle_B'] = F.l1_loss(rec_B.float(), real_B) * c.lambda_B
+    if m.identity:
+        l['idt_A'] = F.l1_loss(m.g_a(real_B).float(), real_B) * c.lambda_B * c.lambda_identity
+        l['idt_B'] = F.l1_loss(m.g_b(real_A).float(), real_A) * c.lambda_A * c.lambda_identity
+    else: l['idt_A'] = l['idt_B'] = torch.zeros((), device=real_A.device)
+    return l, {'fake_B': fake_B, 'rec_A': rec_A, 'fake_A': fake_A, 'rec_B': rec_B}
+
+def discriminator_loss(gan:GANLoss, d, real:torch.Tensor, fake:torch.Tensor, wgangp:bool=False) -> torch.Tensor:
+    "A discriminator's loss on a real and a (pooled) fake batch, halved; WGAN-GP adds the gradient penalty."
+    loss = (gan(d(real), True) + gan(d(fake.detach()), False)) * 0.5
+    return loss + gradient_penalty(d, real, fake.detach()) if wgangp else loss
 
 # %% ../nbs/10_cyclegan.ipynb #37e5ddc5
 class OracleSlices:
@@ -155,9 +157,9 @@ class OracleSlices:
             raise BrainkitError(oracle_dir, f"has no oracle for subject(s) {', '.join(missing[:5])}",
                                 "give the oracle folder of the same subjects (or oracle=None for real data)")
         self.a_mod, self.b_mod = cfg.a_modality, cfg.b_modality
-        self.A = SliceSet(a_subjects, [self.a_mod], cfg.plane, cfg.size, a_norm, 'all', 0, cfg.min_brain, cache, False, cfg.spacing)
-        self.O = SliceSet([oracle[s.id] for s in a_subjects], [self.b_mod], cfg.plane, cfg.size, b_norm, 'all', 0, 0.0, cache,
-                          False, cfg.spacing)
+        self.A = SliceSet(a_subjects, [self.a_mod], cfg.slicing(a_norm), cache=cache, progress=False)
+        self.O = SliceSet([oracle[s.id] for s in a_subjects], [self.b_mod], Slicing.of(cfg.slicing(b_norm), min_brain=0.0),
+                          cache=cache, progress=False)
 
     def __len__(self): return len(self.A.subjects)
     def __getitem__(self, k:int) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -177,49 +179,37 @@ def evaluate_oracle(G_A:torch.nn.Module|None, # a trained A -> B generator (None
         rows.append({'subject': sid, **subject_scores(x if G_A is None else translate_batch(G_A, x, batch_size), y, x > -1)})
     return rows
 
-# %% ../nbs/10_cyclegan.ipynb #ea85db5b
-def train_cyclegan(cfg:CycleGANConfig|Mapping, # the run's settings
-                   out_dir:str|Path, # checkpoint.pt, config.json, history/iterations logs, samples/, metrics.json
-                   resume:bool=True, # continue a run whose folder holds a checkpoint
-                   progress:bool=True, # progress bars
-                   cache:SliceCache|None=None, # the slice cache (default: $BRAINKIT_CACHE, ...)
-                  ) -> dict:
-    "Train CycleGAN as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
-    cfg, d, device = _start(cfg, CycleGANConfig)
-    a_ds, (a_train, a_val, _), a_parts = _dataset_split(cfg.a_data, cfg.a_dataset, cfg.split, _split_seed(cfg), None, 'hcp')
-    b_ds, (b_train, _, _), b_parts = _dataset_split(cfg.b_data, cfg.b_dataset, cfg.split, _split_seed(cfg), None, 'brats')
-    for ds, tr in ((a_ds, a_train), (b_ds, b_train)):
-        if not tr: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
-    a_norm = _fit_normalizers(cfg.normalization, [cfg.a_modality], a_train)[cfg.a_modality]
-    b_norm = _fit_normalizers(cfg.normalization, [cfg.b_modality], b_train)[cfg.b_modality]
-    show = progress and d.main
-    train_ds = _rank0_first(d, lambda: UnpairedSlices(
-        a_train, cfg.a_modality, b_train, cfg.b_modality, cfg.plane, cfg.size, a_norm, b_norm, cfg.pairing, window=cfg.window,
-        b_slices=cfg.b_slices, margin=cfg.margin, min_brain=cfg.min_brain, augment=Augment() if cfg.augment else None,
-        cache=cache, seed=cfg.seed, progress=show, spacing=cfg.spacing))
-    loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.workers, device,
-                         sampler=distributed_sampler(train_ds, d, cfg.seed))
-    model = CycleGAN(cfg, device, d)
-    _seed_process(cfg.seed, d)
+# %% ../nbs/10_cyclegan.ipynb #71b3330c
+def _oracle_of(cfg:CycleGANConfig) -> Path|None:
+    "Where the true answers of domain A are: `cfg.oracle`, or the samples' oracle when A is the HCP-like samples."
     samples_a = cfg.a_data is None or Path(cfg.a_data).resolve() == samples_dir('hcp').resolve()
-    oracle = cfg.oracle or (samples_dir('oracle') if samples_a else None)      # the samples come with their true answer
-    meta = {'model': 'cyclegan', 'sources': [cfg.a_modality], 'target': cfg.b_modality, 'plane': cfg.plane, 'size': cfg.size,
-            'spacing': cfg.spacing, 'normalizers': {'A': a_norm.to_dict(), 'B': b_norm.to_dict()},
+    return cfg.oracle or (samples_dir('oracle') if samples_a else None)
+
+def unpaired_data(cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+    "The unpaired training slices of a CycleGAN run, its evaluation against the oracle (if any) and its checkpoint metadata."
+    _, (a_train, a_val, _), a_parts = split_dataset(cfg.a_data, cfg.a_dataset, cfg.split, cfg.subject_seed, None, 'hcp')
+    _, (b_train, _, _), b_parts = split_dataset(cfg.b_data, cfg.b_dataset, cfg.split, cfg.subject_seed, None, 'brats')
+    a_norm = fit_normalizers(cfg.normalization, [cfg.a_modality], a_train)[cfg.a_modality]
+    b_norm = fit_normalizers(cfg.normalization, [cfg.b_modality], b_train)[cfg.b_modality]
+    train = rank0_first(dist, lambda: UnpairedSlices(
+        a_train, cfg.a_modality, b_train, cfg.b_modality, cfg.slicing(), a_normalizer=a_norm, b_normalizer=b_norm,
+        pairing=cfg.pairing, window=cfg.window, b_slices=cfg.b_slices, margin=cfg.margin,
+        augment=Augment() if cfg.augment else None, cache=cache, seed=cfg.seed, progress=progress))
+    oracle = _oracle_of(cfg)
+    pairs = OracleSlices(a_val, oracle, cfg, a_norm, b_norm, cache) if (oracle and a_val and dist.main) else None
+    meta = {'sources': [cfg.a_modality], 'target': cfg.b_modality, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
+            'normalizers': {'A': a_norm.to_dict(), 'B': b_norm.to_dict()},
             'split': {'A': {k: list(v) for k, v in a_parts.items()}, 'B': {k: list(v) for k, v in b_parts.items()}},
-            'generators': {'AtoB': 'G_A', 'BtoA': 'G_B'}}
-    run = Run(out_dir, 'cyclegan', asdict(cfg), model.nets, model.optims,
-              {k: linear_decay(o, cfg.epochs, cfg.epochs_decay) for k, o in model.optims.items()},
-              {**model.pools, 'precision': model.prec}, meta)
-    pairs = OracleSlices(a_val, oracle, cfg, a_norm, b_norm, cache) if (oracle and a_val and d.main) else None
-    score = _scored(run, lambda: evaluate_oracle(model.G_A, pairs)) if pairs else None
-    validate = (lambda: {f'oracle_{k}': v for k, v in mean_scores(score()).items()}) if score else None
-    fit(run, loader, model.step, cfg.epochs + cfg.epochs_decay, cfg.save_every, validate, cfg.seed, resume, show,
-        lambda: model.visuals, cfg.sample_every, cfg.tensorboard, d)
-    if not d.main: return {}
-    per_subject = score() if score else []
-    metrics = {'kind': 'cyclegan', 'epochs': run.epoch, 'final_losses': {k: run.history[-1][k] for k in CycleGAN.loss_names},
-               'oracle': mean_scores(per_subject), 'oracle_subjects': per_subject, 'history': run.history,
-               'pairing': cfg.pairing, 'train_subjects': {'A': len(a_train), 'B': len(b_train)},
-               'train_slices': {'A': len(train_ds.A), 'B': len(train_ds.B)}, 'processes': d.world, 'config': asdict(cfg)}
-    atomic_write_bytes(Path(out_dir)/'metrics.json', json.dumps(metrics, indent=1).encode())
-    return metrics
+            'directions': {'AtoB': direction('G_A', [cfg.a_modality], cfg.b_modality, {cfg.a_modality: a_norm}),
+                           'BtoA': direction('G_B', [cfg.b_modality], cfg.a_modality, {cfg.b_modality: b_norm})}}
+    return Prepared(train, meta, (lambda model: evaluate_oracle(model.G_A, pairs)) if pairs else None,
+                    {'pairing': cfg.pairing, 'train_subjects': {'A': len(a_train), 'B': len(b_train)},
+                     'train_slices': {'A': len(train.A), 'B': len(train.B)}})
+
+def train_cyclegan(cfg:CycleGANConfig|Mapping, # the run's settings
+                   out_dir, # checkpoint.pt, config.json, history/iterations logs, samples/, metrics.json
+                   resume:bool=True, progress:bool=True, cache:SliceCache|None=None) -> dict:
+    "Train CycleGAN as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
+    return train_translation(CycleGAN, cfg, out_dir, resume, progress, cache)
+
+register_translator(CycleGAN)

@@ -11,8 +11,9 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,15 +21,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .io import (BrainkitError, GeometryMismatchError, MissingModalityError, Subject, Volume, atomic_write_bytes,
-                         load_volume, plane_axis, LABEL_KEYS)
+                         load_volume, open_dataset, plane_axis, samples_dir, LABEL_KEYS)
 from .preprocess import CropPad, Normalizer, NoTumourFreeSlicesError, brain_mask, resample, select_slices
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'CacheError', 'default_cache_dir', 'Prep', 'prepare_slices',
-           'SliceCache', 'read_slice', 'SliceReader', 'Entry', 'SliceSet', 'Augment', 'PairedSlices', 'UnpairedSlices',
-           'VolumeSet', 'make_loader']
+__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'split_dataset', 'fit_normalizers', 'CacheError',
+           'default_cache_dir', 'Prep', 'prepare_slices', 'read_slice', 'SliceCache', 'SliceReader', 'Slicing', 'Entry',
+           'SliceSet', 'Augment', 'item_rng', 'lr_axis', 'PairedSlices', 'UnpairedSlices', 'VolumeSet', 'make_loader']
 
 # %% ../nbs/05_data.ipynb #cf274a74
 class SplitError(BrainkitError):
@@ -68,7 +69,28 @@ def split_subjects(ids:Sequence[str], # subject ids
     pick = lambda a, b: sorted(ids[i] for i in order[a:b])
     return {'train': pick(0, n_train), 'val': pick(n_train, n_train + n_val), 'test': pick(n_train + n_val, len(ids))}
 
-# %% ../nbs/05_data.ipynb #16363c0b
+# %% ../nbs/05_data.ipynb #4e6d50ef
+def split_dataset(data:str|Path|None, # a dataset folder (None: the samples named by `default`)
+                  dataset:str='auto', # its layout, or 'auto'
+                  fractions:tuple=(0.75, 0.25, 0.0), seed:int=0, split_file:str|Path|None=None,
+                  default:str='brats', # which samples stand in for `data=None`
+                 ) -> tuple:
+    "The dataset, its (train, val, test) subjects, and the split as ids; refuses a split with no training subject."
+    ds = open_dataset(data or samples_dir(default), dataset)
+    parts = split_subjects([s.id for s in ds], fractions, seed, split_file)
+    subsets = [[s for s in ds if s.id in set(parts.get(p, []))] for p in ('train', 'val', 'test')]
+    if not subsets[0]: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
+    return ds, subsets, parts
+
+def fit_normalizers(method:str, modalities:Sequence[str], train:Sequence[Subject]) -> dict[str, Normalizer]:
+    "One normalizer per modality; those that learn a scale from data learn it from the training subjects."
+    out = {}
+    for m in modalities:
+        n = Normalizer(method)
+        out[m] = n.fit(s[m] for s in train) if n.needs_fit else n
+    return out
+
+# %% ../nbs/05_data.ipynb #09ac0c57
 class CacheError(BrainkitError):
     "A slice cache that cannot be written or read."
 
@@ -77,6 +99,7 @@ def default_cache_dir() -> Path:
     if env := os.environ.get('BRAINKIT_CACHE'): return Path(env)
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'brainkit'
 
+# %% ../nbs/05_data.ipynb #1127dfe8
 @dataclass(frozen=True)
 class Prep:
     "How a cached volume was prepared: the plane it is sliced along, in-plane size, and normalization."
@@ -104,7 +127,7 @@ class Prep:
     def normalize(self) -> Normalizer|None:
         return None if self.normalizer is None else Normalizer.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in self.normalizer})
 
-# %% ../nbs/05_data.ipynb #4773408e
+# %% ../nbs/05_data.ipynb #6d4c5f8d
 def prepare_slices(vol:Volume, # a loaded (canonical) volume, or label map
                    prep:Prep) -> tuple[np.ndarray, np.ndarray, Volume]:
     "`vol` prepared as `prep` says, slices first: the array (D, H, W), its brain (or label) mask, and the resampled volume."
@@ -125,6 +148,35 @@ def prepare_slices(vol:Volume, # a loaded (canonical) volume, or label map
         arr, brain = cp.apply(arr, value=background), kept
     return arr, brain, vol
 
+# %% ../nbs/05_data.ipynb #71115c6f
+def _write_entry(npy:Path, side:Path, arr:np.ndarray, info:dict) -> dict:
+    "Write a cache entry: the array under a temporary name, then renamed into place, then its sidecar (the commit marker)."
+    tmp = npy.with_name(f'.{npy.name}.{secrets.token_hex(4)}.tmp')
+    try:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'xb') as f:
+            np.lib.format.write_array(f, arr, allow_pickle=False)
+            info['header_bytes'] = f.tell() - arr.nbytes
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, npy)
+        atomic_write_bytes(side, json.dumps(info).encode())          # last: the commit marker
+    except OSError as e:
+        try: tmp.unlink(missing_ok=True)           # never leave a partial file behind
+        except OSError: pass
+        raise CacheError(npy.parent, f"the slice cache cannot be written ({type(e).__name__}: {e.strerror or e})",
+                         "make room, or point BRAINKIT_CACHE (or cache=SliceCache(path)) to a writable folder "
+                         "with space") from None
+    return info
+
+# %% ../nbs/05_data.ipynb #ff4a61f1
+def read_slice(npy:Path, i:int) -> np.ndarray:
+    "Slice `i` of a cached .npy entry: a copy, read through a memory map that is closed again, so RAM does not grow."
+    m = np.load(npy, mmap_mode='r')
+    out = np.array(m[i])
+    del m
+    return out
+
+# %% ../nbs/05_data.ipynb #baebe2af
 class SliceCache:
     "Preprocessed volumes as slice-first .npy files, read with memory mapping; rebuilt when stale."
     VERSION = 1
@@ -169,22 +221,7 @@ class SliceCache:
                        'grid': {'shape': list(vol.shape), 'affine': np.round(vol.affine, 4).tolist()},
                        'area': [int(n) for n in brain.reshape(len(brain), -1).sum(1)],
                        'labelled': [bool(b) for b in brain.reshape(len(brain), -1).any(1)] if prep.label else None}
-        tmp = npy.with_name(f'.{npy.name}.{secrets.token_hex(4)}.tmp')
-        try:
-            npy.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, 'xb') as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
-                info['header_bytes'] = f.tell() - arr.nbytes
-                f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, npy)
-            atomic_write_bytes(side, json.dumps(info).encode())          # last: the commit marker
-        except OSError as e:
-            try: tmp.unlink(missing_ok=True)           # never leave a partial file behind
-            except OSError: pass
-            raise CacheError(npy.parent, f"the slice cache cannot be written ({type(e).__name__}: {e.strerror or e})",
-                             "make room, or point BRAINKIT_CACHE (or cache=SliceCache(path)) to a writable folder "
-                             "with space") from None
-        return info
+        return _write_entry(npy, side, arr, info)
 
     def entry(self, src:str|Path, prep:Prep) -> Path:
         "The .npy file of a valid entry for `src` prepared with `prep` (built or rebuilt if needed)."
@@ -194,13 +231,6 @@ class SliceCache:
     def slice(self, src:str|Path, prep:Prep, i:int) -> np.ndarray:
         "Slice `i` of the (validated) entry for `src` prepared with `prep`."
         return read_slice(self.entry(src, prep), i)
-
-def read_slice(npy:Path, i:int) -> np.ndarray:
-    "Slice `i` of a cached .npy entry: a copy, read through a memory map that is closed again, so RAM does not grow."
-    m = np.load(npy, mmap_mode='r')
-    out = np.array(m[i])
-    del m
-    return out
 
 # %% ../nbs/05_data.ipynb #c916ac79
 from collections import OrderedDict
@@ -246,7 +276,37 @@ class SliceReader:
 def _seek_read(fd:int, n:int, offset:int) -> bytes:
     os.lseek(fd, offset, os.SEEK_SET); return os.read(fd, n)
 
-# %% ../nbs/05_data.ipynb #8a03a73f
+# %% ../nbs/05_data.ipynb #899bca36
+@dataclass(frozen=True)
+class Slicing:
+    "How volumes become slices: plane, in-plane size, voxel size, intensity normalization, and the brain a slice needs."
+    plane: str = 'axial' # slicing plane
+    size: int|tuple|None = None # crop/pad in-plane to this size, pixels (None: keep)
+    spacing: float|None = None # resample to this voxel size first, mm (None: keep)
+    normalizer: object = None # a `Normalizer` (or its method name) for every image modality, a dict of one per modality, or None: percentile
+    min_brain: float = 0.25 # use slices whose brain area is at least this fraction of the largest slice's
+
+    def __post_init__(self): plane_axis(self.plane)                 # refuse unknown planes early
+
+    @classmethod
+    def of(cls, slicing:Slicing|None=None, **fields) -> Slicing:
+        "`slicing` with `fields` replaced, or a new `Slicing` of `fields`."
+        return replace(slicing, **fields) if slicing is not None else cls(**fields)
+
+    def normalizer_of(self, modality:str) -> Normalizer:
+        "The normalizer of one image modality."
+        n = self.normalizer
+        if isinstance(n, Mapping):
+            if modality not in n: raise ValueError(f"normalizer has no entry for {modality!r}: give one Normalizer per image modality, or one for all")
+            n = n[modality]
+        return Normalizer(n) if isinstance(n, str) else n if n is not None else Normalizer()
+
+    def prep(self, modality:str, labels:tuple|None=None, label_map:Mapping|None=None) -> Prep:
+        "How the cache prepares `modality` (a label map, for 'seg' and the other `LABEL_KEYS`, in the dataset's label convention)."
+        if modality in LABEL_KEYS: return Prep.make(self.plane, self.size, None, True, self.spacing, labels, label_map)
+        return Prep.make(self.plane, self.size, self.normalizer_of(modality), False, self.spacing)
+
+# %% ../nbs/05_data.ipynb #feb82aea
 def _require(subjects:Sequence[Subject], modalities:Sequence[str]):
     "Raise one error listing every missing file, if any subject lacks one of `modalities`."
     missing = []
@@ -267,8 +327,7 @@ def _same_grid(infos:Mapping[str, dict]) -> str|None:
             return f"{m} ({i['source']}) is on another grid than {m0} ({i0['source']})"
     return None
 
-from typing import NamedTuple
-
+# %% ../nbs/05_data.ipynb #6633d661
 class Entry(NamedTuple):
     "Where the slices of one cache entry are: file, offset of slice 0, slice shape, dtype and bytes per slice."
     path: str
@@ -281,50 +340,48 @@ class Entry(NamedTuple):
         shape, dtype = tuple(info['shape'][1:]), np.dtype(info['dtype'])
         return cls(str(npy), info['header_bytes'], shape, dtype, int(np.prod(shape)) * dtype.itemsize)
 
+def _relative_positions(area:np.ndarray, keep:np.ndarray) -> np.ndarray:
+    "The kept slices' positions along the brain's extent: 0 at its first slice with brain, 1 at its last."
+    brain = np.flatnonzero(area > 0)
+    first, last = (brain[0], brain[-1]) if brain.size else (0, len(area) - 1)
+    return (np.flatnonzero(keep) - first) / max(last - first, 1)
+
+# %% ../nbs/05_data.ipynb #98e5de55
 class SliceSet:
     "Subjects' cached slices along one plane, the slices selected for use, and their relative positions."
-    def __init__(self, subjects:Sequence[Subject], modalities:Sequence[str], plane:str='axial', size=None,
-                 normalizer:Normalizer|Mapping[str, Normalizer]|None=None, slices:str='all', margin:int=0, min_brain:float=0.25,
-                 cache:SliceCache|None=None, progress:bool=True, spacing=None):
+    def __init__(self, subjects:Sequence[Subject], modalities:Sequence[str], # the images (and labels) to read
+                 slicing:Slicing|None=None, *, # how to cut them (or give its fields as keywords)
+                 slices:str='all', # 'all', or 'tumour_free' (needs 'seg')
+                 margin:int=0, # tumour_free: also drop this many slices next to a tumour
+                 cache:SliceCache|None=None, progress:bool=True, **slicing_fields):
         from tqdm.auto import tqdm
         if slices not in ('all', 'tumour_free'): raise ValueError(f"unknown slice selection {slices!r}: use 'all' or 'tumour_free'")
-        self.modalities, self.plane, self.cache = list(modalities), plane, cache or SliceCache()
+        self.slicing = sl = Slicing.of(slicing, **slicing_fields)
+        self.modalities, self.plane, self.cache = list(modalities), sl.plane, cache or SliceCache()
         need = self.modalities + (['seg'] if slices == 'tumour_free' and 'seg' not in self.modalities else [])
         _require(subjects, need)
-        def norm(m):                                                   # one Normalizer, or one per modality
-            if not isinstance(normalizer, Mapping): return normalizer
-            if m not in normalizer: raise ValueError(f"normalizer has no entry for {m!r}: give one Normalizer per image modality, or one for all")
-            return normalizer[m]
-        self.preps = {m: Prep.make(plane, size, norm(m), False, spacing) for m in need if m not in LABEL_KEYS}
-        label_prep = lambda s, m: Prep.make(plane, size, None, True, spacing, *(
-            (s.layout.labels, s.layout.label_map) if m == 'seg' else (None, None)))   # the dataset's label convention
-        self.subjects, self.sources, self.files, self.index, self.position = [], [], [], [], []
-        self.reader, off_grid = SliceReader(), []
-        for s in tqdm(subjects, desc=f'cache {plane} slices', disable=not progress, leave=False):
-            preps = {m: label_prep(s, m) if m in LABEL_KEYS else self.preps[m] for m in need}
+        self.preps = {m: sl.prep(m) for m in need if m not in LABEL_KEYS}
+        self.subjects, self.sources, self.files, index, position, off_grid = [], [], [], [], [], []
+        for s in tqdm(subjects, desc=f'cache {sl.plane} slices', disable=not progress, leave=False):
+            preps = {m: sl.prep(m, s.layout.labels, s.layout.label_map) if m in LABEL_KEYS else self.preps[m] for m in need}
             infos = {m: self.cache.info(s.path(m), preps[m]) for m in need}
             if (why := _same_grid(infos)) is not None: off_grid.append(why); continue
             area = np.asarray(infos[self.modalities[0]]['area'])
-            brain = np.flatnonzero(area > 0)
-            keep = select_slices(np.asarray(infos['seg']['labelled']) if slices == 'tumour_free' else None, area, margin, min_brain)
+            keep = select_slices(np.asarray(infos['seg']['labelled']) if slices == 'tumour_free' else None, area, margin, sl.min_brain)
             if slices == 'tumour_free' and not keep.any():
-                log.warning("%s: no tumour-free %s slice (margin %d); subject skipped", s.id, plane, margin)
+                log.warning("%s: no tumour-free %s slice (margin %d); subject skipped", s.id, sl.plane, margin)
                 continue
-            k = len(self.subjects)
+            index += [(len(self.subjects), int(i)) for i in np.flatnonzero(keep)]; position += list(_relative_positions(area, keep))
             self.subjects.append(s); self.sources.append({m: s.path(m) for m in need})
             self.files.append({m: Entry.of(self.cache.paths(s.path(m), preps[m])[0], infos[m]) for m in need})
-            first, last = (brain[0], brain[-1]) if brain.size else (0, len(area) - 1)
-            for i in np.flatnonzero(keep):
-                self.index.append((k, int(i)))
-                self.position.append((i - first) / max(last - first, 1))
         if off_grid:
             raise GeometryMismatchError(f"{len(off_grid)} subject(s)", '; '.join(off_grid[:5]),
                 "register/resample each subject's modalities to one grid, or leave those subjects out")
-        if not self.index:
+        if not index:
             fix = ("use slices='all', a smaller margin, or more subjects" if slices == 'tumour_free'
                    else "check `size` and `min_brain`: no slice has enough brain")
-            raise NoTumourFreeSlicesError(f"{len(subjects)} subject(s)", f"no {plane} slice was selected ({slices}, margin {margin})", fix)
-        self.index, self.position = np.array(self.index), np.clip(np.array(self.position), 0, 1)
+            raise NoTumourFreeSlicesError(f"{len(subjects)} subject(s)", f"no {sl.plane} slice was selected ({slices}, margin {margin})", fix)
+        self.index, self.position, self.reader = np.array(index), np.clip(np.array(position), 0, 1), SliceReader()
         self._k, self._i = self.index[:, 0].tolist(), self.index[:, 1].tolist()   # plain lists: cheap per-item lookups
 
     def __len__(self): return len(self.index)
@@ -335,8 +392,7 @@ class SliceSet:
         "Slice `j` of this set as (C, H, W), one channel per modality."
         k, i = self._k[j], self._i[j]
         es = self.files[k]
-        e0 = es[modalities[0]]
-        out = np.empty((len(modalities), *e0.shape), e0.dtype)
+        out = np.empty((len(modalities), *es[modalities[0]].shape), es[modalities[0]].dtype)
         for c, m in enumerate(modalities):
             e = es[m]
             if e.dtype == out.dtype: self.reader.read_into(out[c], e.path, e.offset + i * e.nbytes)
@@ -376,46 +432,62 @@ class Augment:
         return inputs, [warp(o, False) for o in others], [warp(l, True) for l in labels]
 
 # %% ../nbs/05_data.ipynb #635d8579
-def _item_rng(seed:int, epoch:int, j:int) -> np.random.Generator:
+def item_rng(seed:int, epoch:int, j:int) -> np.random.Generator:
+    "The random generator of item `j` in `epoch`: reproducible, and the same whichever DataLoader worker reads the item."
     return np.random.default_rng([seed, epoch, int(j)])
 
-def _lr_axis(plane:str) -> int|None:
+def lr_axis(plane:str) -> int|None:
     "The in-plane axis of a cached slice that runs left-right (None for sagittal slices)."
     return None if plane == 'sagittal' else 0
 
 class PairedSlices(Dataset):
     "Same-subject slices: source modalities (C, H, W) -> target modality (1, H, W), in [-1, 1]."
-    def __init__(self, subjects:Sequence[Subject], sources:Sequence[str]=('t1',), target:str='t2', plane:str='axial',
-                 size=None, normalizer:Normalizer|Mapping[str, Normalizer]|None=None, slices:str='all', margin:int=0,
-                 min_brain:float=0.25, augment:Augment|None=None, cache:SliceCache|None=None, seed:int=0, progress:bool=True,
-                 spacing=None):
+    def __init__(self, subjects:Sequence[Subject], sources:Sequence[str]=('t1',), target:str='t2',
+                 slicing:Slicing|None=None, *, # how to cut the volumes (or give its fields as keywords)
+                 slices:str='all', margin:int=0, augment:Augment|None=None, cache:SliceCache|None=None,
+                 seed:int=0, progress:bool=True, **slicing_fields):
         self.sources, self.target, self.augment, self.seed, self.epoch = list(sources), target, augment, seed, 0
-        self.set = SliceSet(subjects, [*self.sources, target], plane, size, normalizer or Normalizer(), slices, margin,
-                            min_brain, cache, progress, spacing)
+        self.set = SliceSet(subjects, [*self.sources, target], slicing, slices=slices, margin=margin, cache=cache,
+                            progress=progress, **slicing_fields)
     def __len__(self): return len(self.set)
     def set_epoch(self, epoch:int): self.epoch = epoch
     def __getitem__(self, j:int) -> dict:
         x, y = self.set.read(j, self.sources), self.set.read(j, [self.target])
         if self.augment:
-            x, (y,), _ = self.augment(_item_rng(self.seed, self.epoch, j), x, [y], lr_axis=_lr_axis(self.set.plane))
+            x, (y,), _ = self.augment(item_rng(self.seed, self.epoch, j), x, [y], lr_axis=lr_axis(self.set.plane))
         k, i = self.set.index[j]
         return {'source': torch.from_numpy(x), 'target': torch.from_numpy(y), 'subject': self.set.subjects[k].id, 'slice': int(i)}
 
-# %% ../nbs/05_data.ipynb #aec68f56
+# %% ../nbs/05_data.ipynb #88375966
 PAIRINGS = ('random', 'position', 'position_range')
 
+def _partner_by_position(B:SliceSet, candidates:np.ndarray, p:float, pairing:str, jitter:tuple[int, int], window:float,
+                         rng:np.random.Generator) -> int:
+    "Among one B subject's kept slices `candidates`, the partner of an A slice at relative position `p`."
+    pos = B.position[candidates]
+    if pairing == 'position':                      # Yang et al.: the same relative position, jittered, inside the volume
+        idx = B.index[candidates, 1]
+        target = np.interp(p, pos, idx) + rng.integers(jitter[0], jitter[1] + 1)
+        return int(candidates[np.argmin(np.abs(idx - np.clip(target, idx.min(), idx.max())))])
+    near = candidates[np.abs(pos - p) <= window]   # the report's variant: anywhere within the window
+    return int(near[rng.integers(len(near))]) if len(near) else int(candidates[np.argmin(np.abs(pos - p))])
+
+# %% ../nbs/05_data.ipynb #eba5d467
 class UnpairedSlices(Dataset):
     "Slices of domain A and domain B, paired by a policy: 'random', 'position' or 'position_range'."
     def __init__(self, a_subjects:Sequence[Subject], a_modality:str, b_subjects:Sequence[Subject], b_modality:str,
-                 plane:str='axial', size=None, a_normalizer:Normalizer|None=None, b_normalizer:Normalizer|None=None,
+                 slicing:Slicing|None=None, *, # shared by both domains (or give its fields as keywords)
+                 a_normalizer:Normalizer|None=None, b_normalizer:Normalizer|None=None, # each domain's (default: the slicing's)
                  pairing:str='random', jitter:tuple[int, int]=(-5, 4), window:float=0.1,
-                 a_slices:str='all', b_slices:str='all', margin:int=0, min_brain:float=0.25,
-                 augment:Augment|None=None, cache:SliceCache|None=None, seed:int=0, progress:bool=True, spacing=None):
+                 a_slices:str='all', b_slices:str='all', margin:int=0,
+                 augment:Augment|None=None, cache:SliceCache|None=None, seed:int=0, progress:bool=True, **slicing_fields):
         if pairing not in PAIRINGS: raise ValueError(f"unknown pairing {pairing!r}: use one of {', '.join(PAIRINGS)}")
         self.pairing, self.jitter, self.window, self.augment, self.seed, self.epoch = pairing, jitter, window, augment, seed, 0
         self.a_modality, self.b_modality = a_modality, b_modality
-        self.A = SliceSet(a_subjects, [a_modality], plane, size, a_normalizer or Normalizer(), a_slices, margin, min_brain, cache, progress, spacing)
-        self.B = SliceSet(b_subjects, [b_modality], plane, size, b_normalizer or Normalizer(), b_slices, margin, min_brain, cache, progress, spacing)
+        sl = Slicing.of(slicing, **slicing_fields)
+        domain = lambda n: sl if n is None else Slicing.of(sl, normalizer=n)
+        self.A = SliceSet(a_subjects, [a_modality], domain(a_normalizer), slices=a_slices, margin=margin, cache=cache, progress=progress)
+        self.B = SliceSet(b_subjects, [b_modality], domain(b_normalizer), slices=b_slices, margin=margin, cache=cache, progress=progress)
         self._b_slices = [self.B.slices_of(k) for k in range(len(self.B.subjects))]
         self._b_ids = np.array([s.id for s in self.B.subjects])[self.B.index[:, 0]]   # subject id of every B slice
 
@@ -431,23 +503,16 @@ class UnpairedSlices(Dataset):
         near = other & (np.abs(self.B.position - p) <= self.window)   # subjects with a kept slice near this position
         ks = np.unique(self.B.index[near if near.any() else other, 0])
         cand = self._b_slices[ks[rng.integers(len(ks))]]              # B slices of one random such subject
-        pos = self.B.position[cand]
-        if self.pairing == 'position':
-            idx = self.B.index[cand, 1]
-            first, last = idx.min(), idx.max()
-            target = np.interp(p, pos, idx) + rng.integers(self.jitter[0], self.jitter[1] + 1)
-            return int(cand[np.argmin(np.abs(idx - np.clip(target, first, last)))])
-        near = cand[np.abs(pos - p) <= self.window]
-        return int(near[rng.integers(len(near))]) if len(near) else int(cand[np.argmin(np.abs(pos - p))])
+        return _partner_by_position(self.B, cand, p, self.pairing, self.jitter, self.window, rng)
 
     def __getitem__(self, j:int) -> dict:
-        rng = _item_rng(self.seed, self.epoch, j)
+        rng = item_rng(self.seed, self.epoch, j)
         ja = j % len(self.A)
         jb = self.partner(ja, rng)
         a, b = self.A.read(ja, [self.a_modality]), self.B.read(jb, [self.b_modality])
         if self.augment:
-            a, _, _ = self.augment(rng, a, lr_axis=_lr_axis(self.A.plane))
-            b, _, _ = self.augment(rng, b, lr_axis=_lr_axis(self.B.plane))
+            a, _, _ = self.augment(rng, a, lr_axis=lr_axis(self.A.plane))
+            b, _, _ = self.augment(rng, b, lr_axis=lr_axis(self.B.plane))
         (ka, ia), (kb, ib) = self.A.index[ja], self.B.index[jb]
         return {'A': torch.from_numpy(a), 'B': torch.from_numpy(b), 'A_subject': self.A.subjects[ka].id, 'A_slice': int(ia),
                 'B_subject': self.B.subjects[kb].id, 'B_slice': int(ib),
@@ -457,11 +522,13 @@ class UnpairedSlices(Dataset):
 class VolumeSet(Dataset):
     "Whole volumes (C, D, H, W) of each subject's modalities in [-1, 1], and optionally its labels (D, H, W)."
     def __init__(self, subjects:Sequence[Subject], modalities:Sequence[str]=('t1', 't1ce', 't2', 'flair'),
-                 label:str|None='seg', plane:str='axial', size=None, normalizer:Normalizer|Mapping[str, Normalizer]|None=None,
-                 cache:SliceCache|None=None, progress:bool=True, spacing=None):
+                 label:str|None='seg', # the label map to add (None: images only)
+                 slicing:Slicing|None=None, *, # D runs along its plane (or give its fields as keywords)
+                 cache:SliceCache|None=None, progress:bool=True, **slicing_fields):
         mods = [*modalities] + ([label] if label else [])
         self.modalities, self.label = list(modalities), label
-        self.set = SliceSet(subjects, mods, plane, size, normalizer or Normalizer(), 'all', 0, 0.0, cache, progress, spacing)
+        whole = Slicing.of(Slicing.of(slicing, **slicing_fields), min_brain=0.0)     # every slice: a volume is whole
+        self.set = SliceSet(subjects, mods, whole, cache=cache, progress=progress)
 
     def __len__(self): return len(self.set.subjects)
     def _volume(self, k:int, m:str) -> np.ndarray:
@@ -477,7 +544,7 @@ class VolumeSet(Dataset):
         return out
 
 # %% ../nbs/05_data.ipynb #bf5edb8d
-def make_loader(dataset:Dataset, batch_size:int=8, shuffle:bool=True, seed:int=0, workers:int=0,
+def make_loader(dataset:Dataset, batch_size:int=8, *, shuffle:bool=True, seed:int=0, workers:int=0,
                 device:str|torch.device='cpu', drop_last:bool=False, sampler=None) -> DataLoader:
     "A DataLoader with a seeded shuffle, worker-independent randomness, and pinned memory on CUDA."
     cuda = torch.cuda.is_available() if str(device) == 'auto' else torch.device(device).type == 'cuda'

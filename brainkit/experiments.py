@@ -40,7 +40,7 @@ __all__ = ['log', 'TRACEBACK_LINES', 'ParameterError', 'SweepError', 'RunError',
            'check_parameters', 'run_name', 'run_status', 'kernel_threads', 'run_notebook', 'Sweep', 'sweep_from_dict',
            'load_sweep', 'run_sweep', 'flatten', 'Results', 'collect_results', 'results_figure']
 
-# %% ../nbs/13_experiments.ipynb #7f53b890
+# %% ../nbs/13_experiments.ipynb #21b961dd
 class ParameterError(BrainkitError):
     "A notebook without a `parameters` cell, a parameter it does not have, or a value of the wrong type."
 class SweepError(BrainkitError):
@@ -57,6 +57,7 @@ class Parameter:
     source: str # the default as written in the cell
     help: str = '' # the comment after it
 
+# %% ../nbs/13_experiments.ipynb #53a018bc
 def _tagged_parameters(nb:Path) -> bool:
     "Whether notebook `nb` has a cell tagged `parameters` (even an empty one)."
     cells = json.loads(nb.read_text(encoding='utf-8')).get('cells', [])
@@ -83,7 +84,7 @@ def notebook_parameters(nb:str|Path, # an experiment notebook (.ipynb)
         out[name] = Parameter(name, default, kind or type(default).__name__, p['default'], p.get('help') or '')
     return out
 
-# %% ../nbs/13_experiments.ipynb #611a0c32
+# %% ../nbs/13_experiments.ipynb #506fb0ca
 _PLAIN = (type(None), bool, int, float, str, list, dict)
 
 def _plain(v) -> bool:
@@ -105,6 +106,7 @@ def _a(v) -> str:
     t = {'NoneType': 'None'}.get(type(v).__name__, type(v).__name__)
     return t if t == 'None' else ('an ' if t[0] in 'aeiou' else 'a ') + t
 
+# %% ../nbs/13_experiments.ipynb #6740629d
 def _problems(have:Mapping[str, Parameter], params:Mapping) -> list[str]:
     "What is wrong with `params` for a notebook whose parameters are `have` (empty: nothing)."
     out = []
@@ -119,6 +121,7 @@ def _problems(have:Mapping[str, Parameter], params:Mapping) -> list[str]:
             out.append(f"{name} = {value!r} is {_a(value)}, but its default {p.source} is {_a(p.default)}")
     return out
 
+# %% ../nbs/13_experiments.ipynb #5bfa24ce
 _TYPE_FIX = ("give each parameter a value of its default's type (a float parameter also takes a whole number; in YAML, "
              "quote a text that looks like a number, and write booleans as true/false)")
 
@@ -164,7 +167,7 @@ def _check_name(name:str) -> str:
         raise ParameterError(None, f"run name {name!r} is not a safe folder name", "use letters, digits and ._=,+- only (at most 120 characters)")
     return name
 
-# %% ../nbs/13_experiments.ipynb #90ac5227
+# %% ../nbs/13_experiments.ipynb #7c9946b7
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
 def _write_json(path:Path, d) -> Path: return atomic_write_bytes(path, (json.dumps(d, indent=1) + '\n').encode())
@@ -179,6 +182,7 @@ def run_status(folder:str|Path) -> dict:
     "A run folder's `run.json`: {'status': 'running'|'done'|'failed'|'interrupted', ...}, or {'status': 'not run'}."
     return _read_json(Path(folder)/'run.json') or {'status': 'not run'}
 
+# %% ../nbs/13_experiments.ipynb #a0bf697d
 @contextmanager
 def _locked(path:Path, problem:str, fix:str):
     "Hold an exclusive lock on file `path` (freed when the process ends, even if it is killed); BrainkitError if it is taken."
@@ -189,6 +193,7 @@ def _locked(path:Path, problem:str, fix:str):
         except BlockingIOError: raise BrainkitError(path.parent, problem, fix) from None
         yield
 
+# %% ../nbs/13_experiments.ipynb #858e98c1
 def _kernel_manager(cwd:Path, env:dict, log_file, started):
     "A jupyter_client kernel manager class that runs this Python's ipykernel in `cwd`, with `env`, its output to `log_file`."
     from jupyter_client.kernelspec import KernelSpec
@@ -221,7 +226,7 @@ def _failure(e:Exception) -> dict:
     return {'error': _one_line(f"{type(e).__name__}: {e}") or type(e).__name__,
             'traceback': ''.join(traceback.format_exception(e)).splitlines()[-TRACEBACK_LINES:]}
 
-# %% ../nbs/13_experiments.ipynb #e4ee2748
+# %% ../nbs/13_experiments.ipynb #a3fd092f
 @dataclass
 class _Job:
     nb: Path # the notebook (absolute)
@@ -245,6 +250,7 @@ def _same_run(folder:Path, job:_Job) -> bool:
     rec = _read_json(folder/'params.json') or {}
     return Path(rec.get('notebook', '')).name == job.nb.name and rec.get('params') == json.loads(json.dumps(job.params))
 
+# %% ../nbs/13_experiments.ipynb #6a560ec2
 def _kernel_alive(pid:int) -> bool:
     try: return b'ipykernel' in Path(f'/proc/{pid}/cmdline').read_bytes()
     except OSError: return False
@@ -264,7 +270,16 @@ def _clear(folder:Path):
         if p.name == '.lock': continue
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
-# %% ../nbs/13_experiments.ipynb #7a3aed09
+# %% ../nbs/13_experiments.ipynb #0694e336
+def _begin(job:_Job) -> dict:
+    "Record in its folder that `job` starts: params.json (what is run, and how) and run.json 'running'; returns that record."
+    _write_json(job.folder/'params.json', {'notebook': str(job.nb), 'params': job.params, 'out_dir': 'out' if job.has_out_dir else None,
+                                           'cwd': str(job.nb.parent), 'brainkit': __version__})
+    rec = {'status': 'running', 'started': _now(), 'host': socket.gethostname(), 'pid': os.getpid()}
+    _write_json(job.folder/'run.json', rec)
+    return rec
+
+# %% ../nbs/13_experiments.ipynb #62d77cbc
 def _execute(job:_Job, skip_done:bool, threads:int|None, timeout:float|None, kernels:dict, stop:threading.Event) -> str:
     "Run `job` into its folder; returns 'done', 'skipped', 'failed' or 'interrupted'."
     import papermill as pm
@@ -277,10 +292,7 @@ def _execute(job:_Job, skip_done:bool, threads:int|None, timeout:float|None, ker
         if prev.get('kernel_pid') and prev['status'] in ('running', 'interrupted'): _end_orphan(prev['kernel_pid'])
         _check_run_folder(folder)
         _clear(folder)
-        _write_json(folder/'params.json', {'notebook': str(job.nb), 'params': job.params, 'out_dir': 'out' if job.has_out_dir else None,
-                                           'cwd': str(job.nb.parent), 'brainkit': __version__})
-        rec = {'status': 'running', 'started': _now(), 'host': socket.gethostname(), 'pid': os.getpid()}
-        _write_json(folder/'run.json', rec)
+        rec = _begin(job)
         env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
         params = {**job.params, **({'out_dir': str(folder/'out')} if job.has_out_dir else {})}
         t0 = time.monotonic()
@@ -301,7 +313,7 @@ def _execute(job:_Job, skip_done:bool, threads:int|None, timeout:float|None, ker
         if status == 'failed': log.warning("%s failed: %s", job.name, extra['error'])
         return status
 
-# %% ../nbs/13_experiments.ipynb #35ca0fb5
+# %% ../nbs/13_experiments.ipynb #9b63c1dc
 def _cpus() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
@@ -312,6 +324,7 @@ def kernel_threads(workers:int) -> int:
     try: return max(1, min(n, int(os.environ['OMP_NUM_THREADS'])))
     except (KeyError, ValueError): return n
 
+# %% ../nbs/13_experiments.ipynb #eef45fca
 def _run_jobs(jobs:list[_Job], workers:int, threads:int|None, timeout:float|None, skip_done:bool, progress:bool) -> dict[str, str]:
     "Run `jobs`, `workers` at a time; their statuses by name."
     from tqdm.auto import tqdm
@@ -392,9 +405,21 @@ class Sweep:
             out.append((name, o, {**self.params, **o}))
         return out
 
-# %% ../nbs/13_experiments.ipynb #4fd1a0b6
+# %% ../nbs/13_experiments.ipynb #935586e5
 def _fail(src, problem:str, fix:str): raise SweepError(src, problem, fix)
 
+def _metric_patterns(src, d:Mapping) -> dict:
+    "A sweep's `columns` and `figure` settings: each a list of metric names or patterns (one alone may be a string), or None."
+    cols = {}
+    for k in ('columns', 'figure'):
+        v = d.get(k)
+        if isinstance(v, str): v = [v]
+        if v is not None and not (isinstance(v, list) and all(isinstance(c, str) for c in v)):
+            _fail(src, f"{k} is {v!r}", f"give a list of metric names or patterns, like `{k}: [val_dice.*]`")
+        cols[k] = v
+    return cols
+
+# %% ../nbs/13_experiments.ipynb #cb5681dc
 def sweep_from_dict(d:Mapping, # the sweep's settings, as read from its file
                     base:str|Path='.', # the folder relative paths in `d` start from (the sweep file's folder)
                     name:str='sweep', # the default out folder's name (the sweep file's stem)
@@ -421,17 +446,12 @@ def sweep_from_dict(d:Mapping, # the sweep's settings, as read from its file
     workers = d.get('workers', 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         _fail(src, f"workers is {workers!r}", "give a whole number of at least 1")
-    cols = {}
-    for k in ('columns', 'figure'):
-        v = d.get(k)
-        if isinstance(v, str): v = [v]
-        if v is not None and not (isinstance(v, list) and all(isinstance(c, str) for c in v)):
-            _fail(src, f"{k} is {v!r}", f"give a list of metric names or patterns, like `{k}: [val_dice.*]`")
-        cols[k] = v
+    cols = _metric_patterns(src, d)
     out = base/d['out'] if d.get('out') else Path('runs')/'sweeps'/name
     return Sweep((base/d['notebook']).resolve(), out.resolve(), dict(params), {k: list(v) for k, v in grid.items()},
                  [dict(r) for r in runs], workers, cols['columns'], cols['figure'], Path(source) if source is not None else None)
 
+# %% ../nbs/13_experiments.ipynb #a1287ff6
 def load_sweep(path:str|Path, # a sweep file: .yaml, .yml or .json
               ) -> Sweep:
     "Read and check the sweep file `path` (YAML or JSON); relative paths in it are relative to its folder."
@@ -451,7 +471,7 @@ def load_sweep(path:str|Path, # a sweep file: .yaml, .yml or .json
     else: raise SweepError(path, "is not a .yaml, .yml or .json file", "write the sweep as YAML or JSON, and name it so")
     return sweep_from_dict(d, path.parent, path.stem, path)
 
-# %% ../nbs/13_experiments.ipynb #337cc8b8
+# %% ../nbs/13_experiments.ipynb #9c16c71d
 def _sweep_problems(runs:list, have:Mapping) -> list[str]:
     "Every run's parameter problems, each once, with the runs it concerns."
     by = {}
@@ -461,6 +481,7 @@ def _sweep_problems(runs:list, have:Mapping) -> list[str]:
             by.setdefault(p, []).append(name)
     return [p + ('' if len(names) == len(runs) else f" (run{'s' if len(names) > 1 else ''} {', '.join(names)})") for p, names in by.items()]
 
+# %% ../nbs/13_experiments.ipynb #afa51a6a
 def run_sweep(sweep:Sweep|str|Path, # a `Sweep`, or a sweep file (YAML or JSON)
               workers:int|None=None, # runs at the same time (None: the sweep's `workers`)
               out:str|Path|None=None, # the sweep's folder (None: the sweep's `out`)
@@ -491,7 +512,7 @@ def run_sweep(sweep:Sweep|str|Path, # a `Sweep`, or a sweep file (YAML or JSON)
                  counts['skipped'], counts['failed'], time.monotonic() - t0)
         return collect_results(folder)
 
-# %% ../nbs/13_experiments.ipynb #5fb3956d
+# %% ../nbs/13_experiments.ipynb #06ad16b9
 def flatten(d:Mapping, # nested dicts (a metrics.json)
             prefix:str='') -> dict:
     "Nested dicts to one level, keys joined with '.'; scalar values only (lists are left out)."
@@ -509,6 +530,7 @@ def _cell(v, seconds:bool=False, param:bool=False) -> str:
     if isinstance(v, float) and not param: return f'{v:.1f}' if seconds else f'{v:.4g}'
     return _text(v).replace('|', '\\|')
 
+# %% ../nbs/13_experiments.ipynb #ca352083
 @dataclass
 class Results:
     "A sweep's results table: one row per run, with its varying parameters, status, seconds and metrics."

@@ -23,13 +23,14 @@ from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, i
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RAS', 'NIFTI_SUFFIXES', 'BRATS_LABELS', 'REGIONS', 'PLANES', 'MODALITIES', 'LABEL_KEYS', 'BRATS4', 'LAYOUTS',
-           'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError', 'UnreadableFileError',
-           'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError', 'LabelValueError',
-           'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical', 'decanonical', 'Volume',
-           'is_nifti_path', 'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'to_image', 'save_volume',
-           'make_volume', 'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid',
-           'detect_layout', 'discover', 'MRIDataset', 'open_dataset', 'samples_dir']
+__all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'BRATS_LABELS', 'REGIONS', 'REGION_NAMES', 'PLANES', 'MODALITIES',
+           'LABEL_KEYS', 'BRATS4', 'LAYOUTS', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
+           'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
+           'LabelValueError', 'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical', 'decanonical',
+           'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti', 'label_regions', 'regions_to_labels',
+           'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'to_image', 'save_volume', 'make_volume', 'plane_axis',
+           'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'detect_layout', 'discover', 'MRIDataset',
+           'open_dataset', 'samples_dir']
 
 # %% ../nbs/00_io.ipynb #10cabc3b
 class BrainkitError(Exception):
@@ -43,6 +44,7 @@ class BrainkitError(Exception):
         msg = f"{self.path}: {self.problem}" if self.path is not None else self.problem
         return msg + (f"\n  Fix: {self.fix}" if self.fix else '')
 
+# %% ../nbs/00_io.ipynb #9bd6ded9
 class MissingFileError(BrainkitError):
     "A file that should exist does not."
 class MissingModalityError(MissingFileError, KeyError):
@@ -103,6 +105,22 @@ def decanonical(data:np.ndarray, # array in canonical RAS voxel order
     "Undo `canonical`: put RAS-ordered `data` back into the voxel order of a file with `affine`."
     return apply_orientation(data, ornt_transform(RAS, orientation(affine)))
 
+# %% ../nbs/00_io.ipynb #6055d124
+OBLIQUE_TOL_DEG = 0.01  # voxel axes within this many degrees of the world axes count as axis-aligned (float noise)
+
+def oblique_angle(affine:np.ndarray) -> float:
+    "The largest angle, in degrees, between a voxel axis of `affine` and its closest world axis (0 when axis-aligned)."
+    A = np.abs(np.asarray(affine, float)[:3, :3])
+    off = np.sqrt(np.sort(A**2, axis=0)[:2].sum(0))  # each voxel axis's components off its main world axis
+    return float(np.degrees(np.arctan2(off, A.max(0))).max())
+
+def _warn_if_oblique(affine:np.ndarray, path:Path):
+    "Log that the file at `path` is oblique, and what brainkit's plane names then mean."
+    if (angle := oblique_angle(affine)) > OBLIQUE_TOL_DEG:
+        log.warning("%s is oblique: its voxel axes are %.1f° off the world axes. brainkit reorients it to the closest "
+                    "canonical order without resampling, so its 'axial', 'coronal' and 'sagittal' slices follow the voxel "
+                    "grid, not the world's planes", path, angle)
+
 # %% ../nbs/00_io.ipynb #46ea561f
 @dataclass(eq=False, repr=False)
 class Volume:
@@ -157,6 +175,7 @@ def is_nifti_path(path) -> bool:
     "Whether `path` has a NIfTI file name (`.nii` or `.nii.gz`)."
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
+# %% ../nbs/00_io.ipynb #2f99ede2
 _CORRUPT = "re-download or re-export the file"
 
 def _from_bytes(raw:bytes):
@@ -167,6 +186,7 @@ def _from_bytes(raw:bytes):
             return klass.from_bytes(raw)
     raise nib.filebasedimages.ImageFileError("no NIfTI-1 or NIfTI-2 header (sizeof_hdr is neither 348 nor 540)")
 
+# %% ../nbs/00_io.ipynb #27246bc2
 def _open_nifti(path:Path, voxels:bool=True):
     "Open `path` as NIfTI, turning every failure into a brainkit error; `voxels=False` reads the header only."
     if not path.exists():
@@ -193,6 +213,14 @@ def _open_nifti(path:Path, voxels:bool=True):
                                   "convert it to NIfTI first (for example with dcm2niix or nibabel)")
     return img, raw
 
+# %% ../nbs/00_io.ipynb #2a6e374f
+def open_nifti(path:str|Path, # a .nii or .nii.gz file
+               header_only:bool=False, # read the header only (a .nii.gz is not decompressed, its CRC not checked)
+              ) -> nib.Nifti1Image|nib.Nifti2Image:
+    "The nibabel image of a NIfTI file as stored, opened with brainkit's checks and errors (missing, empty, corrupt, not NIfTI)."
+    return _open_nifti(Path(path), voxels=not header_only)[0]
+
+# %% ../nbs/00_io.ipynb #923044dd
 def _spatial_shape(img, path:Path) -> tuple[int, ...]:
     shape = tuple(img.shape)
     while len(shape) > 3 and shape[-1] == 1: shape = shape[:-1]
@@ -203,6 +231,7 @@ def _spatial_shape(img, path:Path) -> tuple[int, ...]:
         raise DimensionError(path, f"holds {what} where one 3D volume is expected", fix)
     return shape
 
+# %% ../nbs/00_io.ipynb #9412b903
 def _read_voxels(img, raw:bytes|None, path:Path, shape:tuple, label:bool) -> np.ndarray:
     "The voxels in the file's own order: raw values when the file has no scaling (no conversion yet), else float32."
     proxy = img.dataobj
@@ -222,6 +251,17 @@ def _read_voxels(img, raw:bytes|None, path:Path, shape:tuple, label:bool) -> np.
                                   _CORRUPT + " (the header was readable, the voxels were not)") from None
     return arr.reshape(shape)
 
+# %% ../nbs/00_io.ipynb #8b111b96
+def _check_values(arr:np.ndarray, path:Path):
+    "Refuse volumes with NaN/inf voxels or with no non-zero voxel (integer data cannot hold NaN: not scanned)."
+    if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
+        n = int(arr.size - np.isfinite(arr).sum())
+        raise NonFiniteError(path, f"{n} voxel(s) are NaN or inf (or beyond float32's range)",
+                             "re-export the volume, or replace them (e.g. np.nan_to_num) and save a fixed copy")
+    if not (arr[..., arr.shape[-1] // 2].any() or arr.any()):  # the middle slice answers almost always
+        raise EmptyVolumeError(path, "every voxel is 0 (an empty export or a failed preprocessing step)",
+                               "re-export this volume, or leave the subject out")
+
 # %% ../nbs/00_io.ipynb #13195a5a
 BRATS_LABELS = {0: 'background', 1: 'necrotic core', 2: 'edema', 4: 'enhancing tumour'}
 REGIONS = {'WT': (1, 2, 4), 'TC': (1, 4), 'ET': (4,)}  # whole tumour, tumour core, enhancing tumour
@@ -231,6 +271,7 @@ def _map_labels(data:np.ndarray, mapping:Mapping[int,int]) -> np.ndarray:
     for k,v in mapping.items(): lut[k] = v
     return lut[data]
 
+# %% ../nbs/00_io.ipynb #3ace519b
 def _as_labels(arr:np.ndarray, path:Path, allowed:Iterable[int]|None, mapping:Mapping[int,int]|None) -> np.ndarray:
     "Check that `arr` holds whole-number labels in `allowed`, and map them through `mapping`."
     if arr.dtype.kind == 'f':
@@ -252,15 +293,24 @@ def _as_labels(arr:np.ndarray, path:Path, allowed:Iterable[int]|None, mapping:Ma
     out = arr.astype(np.uint8)
     return _map_labels(out, mapping) if mapping else out
 
-def _check_values(arr:np.ndarray, path:Path):
-    "Refuse volumes with NaN/inf voxels or with no non-zero voxel (integer data cannot hold NaN: not scanned)."
-    if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
-        n = int(arr.size - np.isfinite(arr).sum())
-        raise NonFiniteError(path, f"{n} voxel(s) are NaN or inf (or beyond float32's range)",
-                             "re-export the volume, or replace them (e.g. np.nan_to_num) and save a fixed copy")
-    if not (arr[..., arr.shape[-1] // 2].any() or arr.any()):  # the middle slice answers almost always
-        raise EmptyVolumeError(path, "every voxel is 0 (an empty export or a failed preprocessing step)",
-                               "re-export this volume, or leave the subject out")
+# %% ../nbs/00_io.ipynb #f0ef6c2a
+REGION_NAMES = tuple(REGIONS)  # ('WT', 'TC', 'ET'): the order of region channels and columns everywhere
+
+def label_regions(seg, # BraTS labels (0, 1, 2, 4), any shape: a NumPy array or a torch tensor
+                 ):
+    "The nested BraTS regions WT, TC, ET of a label map, as a boolean (3, ...) stack of the same kind (NumPy or torch)."
+    if not isinstance(seg, np.ndarray) and type(seg).__module__.startswith('torch'):
+        import torch                                      # (io itself does not need torch)
+        return torch.stack([torch.isin(seg, torch.tensor(REGIONS[r], dtype=seg.dtype, device=seg.device)) for r in REGION_NAMES])
+    return np.stack([np.isin(seg, REGIONS[r]) for r in REGION_NAMES])
+
+def regions_to_labels(regions:np.ndarray, # (3, ...) boolean WT, TC, ET masks
+                     ) -> np.ndarray:
+    "BraTS labels (uint8) from WT, TC, ET masks: WT as edema 2, then TC as necrosis 1, then ET as enhancing 4."
+    regions = np.asarray(regions, bool)
+    out = np.zeros(regions.shape[1:], np.uint8)
+    for r, value in zip(regions, (2, 1, 4)): out[r] = value
+    return out
 
 # %% ../nbs/00_io.ipynb #3b8f50fa
 def load_volume(path:str|Path, # a .nii or .nii.gz file
@@ -272,6 +322,7 @@ def load_volume(path:str|Path, # a .nii or .nii.gz file
     "Load a 3D NIfTI volume, check it, and reorient it to canonical RAS."
     path = Path(path)
     img, raw = _open_nifti(path)
+    _warn_if_oblique(img.affine, path)
     shape = _spatial_shape(img, path)
     arr = _read_voxels(img, raw, path, shape, label)
     if label: arr = _as_labels(arr, path, label_values, label_map)
@@ -319,6 +370,7 @@ def _disk_dtype(data:np.ndarray) -> np.dtype:
                     data.dtype)
     return data.dtype
 
+# %% ../nbs/00_io.ipynb #797559ef
 def to_image(vol:Volume, # what to write
              dtype=None, # on-disk type (default: the data's; bool -> uint8, int64 -> the smallest type that fits)
              label_map:Mapping[int,int]|None=None, # brainkit labels -> the file's convention, e.g. {4: 3} for BraTS 2023
@@ -339,6 +391,7 @@ def to_image(vol:Volume, # what to write
         img.set_qform(aff, code=q); img.set_sform(aff, code=sf)
     return img
 
+# %% ../nbs/00_io.ipynb #0d5efa63
 def save_volume(vol:Volume, # what to write
                 path:str|Path, # .nii or .nii.gz
                 dtype=None, # on-disk dtype (default: the data's, float32 for intensities, uint8 for labels)
@@ -413,6 +466,7 @@ class Layout:
         "brainkit labels -> this dataset's own label values, for writing segmentations back (e.g. {4: 3})."
         return {v: k for k,v in (self.label_map or {}).items()}
 
+# %% ../nbs/00_io.ipynb #1114c4d7
 def find_file(p:Path) -> Path|None:
     "`p` if it exists, else the same file uncompressed (`.nii` for `.nii.gz`) if that exists, else None."
     if p.exists(): return p
@@ -491,19 +545,25 @@ class Subject(Mapping):
         return vols
 
 # %% ../nbs/00_io.ipynb #f6954087
+def _same_grid(a:Volume, b:Volume, atol:float) -> bool: return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=atol)
+
 def check_same_grid(vols:Mapping[str, Volume], atol:float=1e-3):
-    "Raise `GeometryMismatchError` unless every volume has the shape and affine of the first."
-    items = list(vols.items())
-    if not items: return
-    (m0, v0) = items[0]
-    for m,v in items[1:]:
-        if v.shape != v0.shape:
-            raise GeometryMismatchError(v.path, f"{m} has shape {v.shape} but {m0} ({v0.path}) has {v0.shape}",
-                "register/resample all modalities of a subject to one grid before using them together")
-        if not np.allclose(v.affine, v0.affine, atol=atol):
-            raise GeometryMismatchError(v.path, f"{m} and {m0} ({v0.path}) have different affines "
-                f"(max difference {np.abs(v.affine - v0.affine).max():.4g} mm)",
-                "register/resample all modalities of a subject to one grid before using them together")
+    "Raise `GeometryMismatchError`, naming the file off the grid most of `vols` share, unless they all share one."
+    groups = []  # modalities on one grid, in order of first appearance
+    for m,v in vols.items():
+        g = next((g for g in groups if _same_grid(vols[g[0]], v, atol)), None)
+        if g is None: groups.append([m])
+        else: g.append(m)
+    if len(groups) < 2: return
+    ref = max(groups, key=len)  # the majority's grid (on a tie, the first volume's)
+    odd = [m for g in groups if g is not ref for m in g]
+    m = odd[0]; v, v0 = vols[m], vols[ref[0]]
+    refs = f"{ref[0]} ({v0.path})" if len(ref) == 1 else f"{', '.join(ref)} (e.g. {v0.path})"
+    if v.shape != v0.shape: problem = f"{m} has shape {v.shape} but {refs} {'has' if len(ref) == 1 else 'have'} {v0.shape}"
+    else: problem = f"{m}'s affine differs from that of {refs} (max difference {np.abs(v.affine - v0.affine).max():.4g} mm)"
+    if len(odd) > 1: problem += f"; {', '.join(odd[1:])} {'is' if len(odd) == 2 else 'are'} off that grid too"
+    raise GeometryMismatchError(v.path, problem,
+        "register/resample all modalities of a subject to one grid before using them together")
 
 # %% ../nbs/00_io.ipynb #cd806f7a
 def _subdirs(root:Path) -> list[str]:
@@ -523,6 +583,7 @@ def _generic_files(d:Path, sid:str) -> dict[str, Path]:
         if stem.startswith(sid + '_'): out[stem[len(sid)+1:]] = d/fn
     return out
 
+# %% ../nbs/00_io.ipynb #12ea5b69
 def _is_subject(lay:Layout, d:Path) -> bool:
     "Whether folder `d` is a subject of `lay`: its name matches and it holds at least one of the layout's files."
     sid = lay.match(d.name)
@@ -532,6 +593,7 @@ def _score(root:Path, names:list[str]) -> dict[str, int]:
     "How many entries of `root` each dedicated layout recognises as subject folders."
     return {k: sum(_is_subject(lay, root/n) for n in names) for k,lay in LAYOUTS.items() if k not in ('subjects', 'folder')}
 
+# %% ../nbs/00_io.ipynb #e0ac116e
 def detect_layout(root:str|Path) -> tuple[str, Path]:
     "The dataset name of folder `root`, and the folder that holds its subjects."
     root = Path(os.path.abspath(Path(root).expanduser()))
@@ -573,6 +635,18 @@ def discover(root:Path, layout:Layout, modality:str='image') -> list[Subject]:
         files = _generic_files(root/n, sid) if layout.name == 'subjects' else layout.expected(root/n, sid)
         subs.append(Subject(sid, files, layout, root/n))
     return subs
+
+# %% ../nbs/00_io.ipynb #4b1f64f7
+def _geometry(v:Volume) -> Volume:
+    "`v` without its voxels: shape, affine, header and path only."
+    return Volume(np.broadcast_to(np.float32(0), v.shape), v.affine, v.header, v.path)
+
+def _header_volume(path:Path) -> Volume:
+    "A `Volume` with the file's geometry but no voxels read (for header-only scans)."
+    img, _ = _open_nifti(path, voxels=False)
+    _warn_if_oblique(img.affine, path)
+    data, affine = canonical(np.broadcast_to(np.float32(0), _spatial_shape(img, path)), img.affine)  # no voxels held
+    return Volume(data, affine, img.header, path)
 
 # %% ../nbs/00_io.ipynb #9f14dfa7
 class MRIDataset(Sequence):
@@ -626,16 +700,6 @@ class MRIDataset(Sequence):
             raise DatasetScanError(self.root, f"{len(problems)} bad subject(s)",
                                    "fix or remove the files listed", problems=problems)
         return problems
-
-def _geometry(v:Volume) -> Volume:
-    "`v` without its voxels: shape, affine, header and path only."
-    return Volume(np.broadcast_to(np.float32(0), v.shape), v.affine, v.header, v.path)
-
-def _header_volume(path:Path) -> Volume:
-    "A `Volume` with the file's geometry but no voxels read (for header-only scans)."
-    img, _ = _open_nifti(path, voxels=False)
-    data, affine = canonical(np.broadcast_to(np.float32(0), _spatial_shape(img, path)), img.affine)  # no voxels held
-    return Volume(data, affine, img.header, path)
 
 # %% ../nbs/00_io.ipynb #a3eb41b3
 def open_dataset(root:str|Path, # the dataset folder

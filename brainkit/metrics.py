@@ -21,21 +21,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Prep, default_cache_dir, prepare_slices
-from .io import BrainkitError, Volume, atomic_write_bytes, plane_axis
-from .losses import dice_per_region, ssim
+from .io import REGION_NAMES, BrainkitError, Volume, atomic_write_bytes, label_regions, plane_axis
 from .preprocess import brain_mask
-from .segment import REGION_NAMES, label_regions
-from .train import pick_device
+from .data import Prep, default_cache_dir, prepare_slices
+from .networks import pick_device
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'percentile_clip', 'paired_scores', 'FIDError',
-           'import_pytorch_fid', 'hub_weights_path', 'find_fid_weights', 'fid_inception', 'random_fid_weights',
-           'fid_input', 'inception_features', 'feature_stats', 'frechet_distance', 'kid', 'volume_slices',
-           'real_features', 'fid_kid', 'tissue_classes', 'region_values', 'tissue_distances', 'slice_jumpiness',
-           'stacking_anisotropy', 'consistency', 'surface_distances', 'hd95', 'segmentation_scores']
+__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'mae', 'psnr', 'ssim', 'subject_scores', 'mean_scores',
+           'percentile_clip', 'paired_scores', 'FIDError', 'import_pytorch_fid', 'hub_weights_path', 'find_fid_weights',
+           'fid_inception', 'random_fid_weights', 'fid_input', 'inception_features', 'feature_stats',
+           'frechet_distance', 'kid', 'volume_slices', 'real_features', 'fid_kid', 'tissue_classes', 'region_values',
+           'tissue_distances', 'slice_jumpiness', 'stacking_anisotropy', 'consistency', 'dice_score', 'dice_per_region',
+           'surface_distances', 'hd95', 'segmentation_scores']
+
+# %% ../nbs/12_metrics.ipynb #1b9d802a
+def _mask_mean(x:torch.Tensor, mask:torch.Tensor|None) -> torch.Tensor:
+    "Per-image mean of `x` (N, ...) over `mask` (broadcastable; None: everywhere)."
+    if mask is None: return x.flatten(1).mean(1)
+    m = mask.expand_as(x).flatten(1).to(x.dtype)
+    return (x.flatten(1) * m).sum(1) / m.sum(1).clamp_min(1)
+
+def mae(x:torch.Tensor, y:torch.Tensor, mask:torch.Tensor|None=None, data_range:float=2.0) -> torch.Tensor:
+    "Mean absolute error per image (N,), as a fraction of `data_range`, inside `mask`."
+    return _mask_mean((x - y).abs(), mask) / data_range
+
+def psnr(x:torch.Tensor, y:torch.Tensor, mask:torch.Tensor|None=None, data_range:float=2.0) -> torch.Tensor:
+    "Peak signal-to-noise ratio per image (N,), dB, inside `mask`."
+    mse = _mask_mean((x - y) ** 2, mask)
+    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))
+
+# %% ../nbs/12_metrics.ipynb #1ab5fab8
+def ssim(x:torch.Tensor, y:torch.Tensor, # images (N, C, H, W) or volumes (N, C, D, H, W)
+         mask:torch.Tensor|None=None, # average the SSIM map over this mask (None: everywhere)
+         data_range:float=2.0, win:int=11, sigma:float=1.5) -> torch.Tensor:
+    "Structural similarity per image (N,): the mean of the SSIM map (Gaussian window) inside `mask`."
+    if x.shape != y.shape or x.ndim not in (4, 5):
+        raise ValueError(f"ssim needs two batches of the same shape (N, C, H, W) or (N, C, D, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.double(), y.double()
+    g = torch.exp(-(torch.arange(win, dtype=torch.float64) - win // 2) ** 2 / (2 * sigma ** 2)); g = g / g.sum()
+    dims, C = x.ndim - 2, x.shape[1]
+    conv = F.conv2d if dims == 2 else F.conv3d
+    def blur(t):
+        for ax in range(dims):                                    # separable Gaussian, same size out (zero padding)
+            shape = [1] * dims; shape[ax] = win
+            t = conv(t, g.view(1, 1, *shape).repeat(C, 1, *[1] * dims), padding=[win // 2 if a == ax else 0 for a in range(dims)], groups=C)
+        return t
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return _mask_mean(smap, mask).float()
+
+# %% ../nbs/12_metrics.ipynb #ffaca924
+def subject_scores(fake:torch.Tensor, real:torch.Tensor, # a subject's slices (N, 1, H, W) in [-1, 1]
+                   mask:torch.Tensor, # (N, 1, H, W): the brain
+                  ) -> dict[str, float]:
+    "SSIM, PSNR and MAE of a subject's translated slices against the real ones, over all its brain pixels."
+    m = mask.expand_as(real)
+    w = m.flatten(1).sum(1).double()
+    if w.sum() == 0: raise ValueError("the brain mask is empty: nothing to score")
+    mse = float(((fake - real) ** 2)[m].double().mean())
+    return {'ssim': float((ssim(fake, real, m).double() * w).sum() / w.sum()),   # each slice's mean, weighted by its brain pixels
+            'psnr': float(10 * np.log10(4.0 / max(mse, 1e-12))),               # data range 2: images in [-1, 1]
+            'mae': float((mae(fake, real, m).double() * w).sum() / w.sum())}
+
+def mean_scores(rows:Sequence[Mapping]) -> dict[str, float]:
+    "The mean of each score over `rows` (subjects)."
+    return {k: float(np.mean([r[k] for r in rows])) for k in ('ssim', 'psnr', 'mae')} if rows else {}
 
 # %% ../nbs/12_metrics.ipynb #c68e7dbc
 def percentile_clip(x:np.ndarray, # an intensity volume
@@ -150,6 +204,7 @@ def find_fid_weights(weights:str|Path|None=None, # a weights file (None or 'auto
         return p
     return hub_weights_path() if hub_weights_path().is_file() else None
 
+# %% ../nbs/12_metrics.ipynb #7ed6b693
 def _missing_weights(reason:str) -> FIDError:
     inception, _ = import_pytorch_fid()
     return FIDError(None, f"FID needs pytorch-fid's Inception weights, and {reason}",
@@ -304,6 +359,7 @@ def volume_slices(vol:Volume, # a volume (canonical, as loaded)
     idx = np.flatnonzero(ok)[::stride]
     return torch.from_numpy(np.ascontiguousarray(arr[idx]))[:, None]
 
+# %% ../nbs/12_metrics.ipynb #a726b7ed
 def _file_key(p:Path) -> list:
     st = Path(p).stat(); return [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
 
@@ -435,6 +491,26 @@ def consistency(fake:Volume|np.ndarray, # a translated volume, stacked along `ax
     af, ar = _anisotropy(jf, ax), _anisotropy(jr, ax)
     return {'jumpiness': jf[ax], 'reference_jumpiness': jr[ax], 'excess': jf[ax] / jr[ax],
             'anisotropy': af, 'reference_anisotropy': ar, 'anisotropy_excess': af / ar}
+
+# %% ../nbs/12_metrics.ipynb #102d1f4a
+def dice_score(pred:torch.Tensor, # (N, C, ...) binary predicted masks
+               truth:torch.Tensor, # same shape, binary true masks
+              ) -> torch.Tensor:
+    "Dice per item and channel, shape (N, C); an empty truth scores 1 if the prediction is empty too, else 0."
+    if pred.shape != truth.shape: raise ValueError(f"prediction {tuple(pred.shape)} and truth {tuple(truth.shape)} differ in shape")
+    if pred.ndim < 3: raise ValueError(f"expected (N, C, ...) masks, got shape {tuple(pred.shape)}")
+    p, t = pred.bool().flatten(2).float(), truth.bool().flatten(2).float()
+    inter, total = (p * t).sum(-1), p.sum(-1) + t.sum(-1)
+    return torch.where(total == 0, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
+
+# %% ../nbs/12_metrics.ipynb #545d1eab
+def dice_per_region(pred:torch.Tensor, # (C, ...) binary masks of one subject, C = len(names)
+                    truth:torch.Tensor, # same shape
+                    names:tuple=REGION_NAMES, # channel names
+                   ) -> dict[str, float]:
+    "Dice of each region of one subject, by name (BraTS's rule for empty regions)."
+    if pred.shape[0] != len(names): raise ValueError(f"{pred.shape[0]} channels but {len(names)} region names {names}")
+    return {n: float(v) for n, v in zip(names, dice_score(pred[None], truth[None])[0])}
 
 # %% ../nbs/12_metrics.ipynb #42e4b478
 def _surface(m:np.ndarray) -> np.ndarray:

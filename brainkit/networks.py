@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,8 +16,9 @@ from .io import BrainkitError
 # %% auto #0
 __all__ = ['NORMS', 'INITS', 'GENERATORS', 'DISCRIMINATORS', 'REFERENCE_COUNTS', 'NetworkInputError', 'norm_layer', 'sync_norm',
            'check_input', 'UnetBlock', 'UnetGenerator', 'unet_levels', 'ResnetBlock', 'ResnetGenerator',
-           'NLayerDiscriminator', 'PixelDiscriminator', 'receptive_field', 'init_weights', 'generator', 'discriminator',
-           'n_params', 'build', 'unet_diagram', 'SegUNet']
+           'NLayerDiscriminator', 'PixelDiscriminator', 'receptive_field', 'init_weights', 'GeneratorSpec',
+           'generator_spec', 'generator', 'discriminator', 'n_params', 'build', 'unet_diagram', 'SegUNet',
+           'pick_device']
 
 # %% ../nbs/06_networks.ipynb #efba2c47
 NORMS = ('batch', 'instance', 'none')
@@ -216,20 +218,44 @@ def init_weights(net:nn.Module, # the network, initialized in place
             nn.init.normal_(m.weight, 1.0, gain); nn.init.zeros_(m.bias)
     return net
 
-# %% ../nbs/06_networks.ipynb #c2168f26
-GENERATORS = ('unet_32', 'unet_64', 'unet_128', 'unet_256', 'resnet_6blocks', 'resnet_9blocks')
+# %% ../nbs/06_networks.ipynb #af57df68
+@dataclass(frozen=True)
+class GeneratorSpec:
+    "A named generator of the reference: how to build it, and which image sizes it accepts."
+    name: str # the reference's name, e.g. 'unet_256', 'resnet_9blocks'
+    family: str # 'unet' or 'resnet'
+    depth: int # U-Net: levels (halvings); ResNet: residual blocks
+    multiple: int # every in-plane size must divide by this (U-Net: 2**levels; ResNet: 4, its two halvings)
+    min_size: int # the smallest size it takes (ResNet: 8, so that its residual blocks' reflection padding fits)
+
+    @property
+    def levels(self) -> int|None: return self.depth if self.family == 'unet' else None
+    def problem(self, size:int) -> str|None:
+        "Why a `size`×`size` input does not suit this generator (None: it does)."
+        if size < self.min_size: return f"size {size} is too small for {self.name}: use at least {self.min_size}"
+        if size % self.multiple == 0: return None
+        return f"size {size} does not suit {self.name}: use a multiple of {self.multiple}"
+    def build(self, in_ch:int, out_ch:int, ngf:int, norm:str, dropout:bool) -> nn.Module:
+        if self.family == 'unet': return UnetGenerator(in_ch, out_ch, self.depth, ngf, norm, dropout)
+        return ResnetGenerator(in_ch, out_ch, self.depth, ngf, norm, dropout)
+
+def _unet(size:int) -> GeneratorSpec: return GeneratorSpec(f'unet_{size}', 'unet', unet_levels(size), 2 ** unet_levels(size), 2 ** unet_levels(size))
+GENERATORS = {s.name: s for s in [*map(_unet, (32, 64, 128, 256)),
+                                   *(GeneratorSpec(f'resnet_{b}blocks', 'resnet', b, 4, 8) for b in (6, 9))]}
 DISCRIMINATORS = ('basic', 'n_layers', 'pixel')
+
+# %% ../nbs/06_networks.ipynb #9d5dd139
+def generator_spec(name:str) -> GeneratorSpec:
+    "The registry's entry for generator `name`, or a clear error."
+    if name not in GENERATORS: raise ValueError(f"unknown generator {name!r}: use one of {', '.join(GENERATORS)}")
+    return GENERATORS[name]
 
 def generator(name:str='resnet_9blocks', # one of `GENERATORS`
               in_ch:int=1, out_ch:int=1, ngf:int=64,
               norm:str='instance', # 'batch', 'instance' or 'none'
               dropout:bool=False, init:str='normal', gain:float=0.02) -> nn.Module:
     "A generator by its reference name, initialized; `net.spec` records how it was built."
-    if name.startswith('unet_') and name in GENERATORS:
-        net = UnetGenerator(in_ch, out_ch, unet_levels(int(name[5:])), ngf, norm, dropout)
-    elif name in ('resnet_6blocks', 'resnet_9blocks'):
-        net = ResnetGenerator(in_ch, out_ch, int(name[7]), ngf, norm, dropout)
-    else: raise ValueError(f"unknown generator {name!r}: use one of {', '.join(GENERATORS)}")
+    net = generator_spec(name).build(in_ch, out_ch, ngf, norm, dropout)
     net.spec = dict(kind='generator', name=name, in_ch=in_ch, out_ch=out_ch, ngf=ngf, norm=norm, dropout=dropout)
     return init_weights(net, init, gain)
 
@@ -333,3 +359,18 @@ class SegUNet(nn.Module):
             if self.aux is not None and self.training and 0 < k: outs.append(self.aux[k - 1](x))
         out = self.head(x)
         return [out, *reversed(outs)] if outs else out
+
+# %% ../nbs/06_networks.ipynb #7d7ea838
+def pick_device(device:str|torch.device='auto') -> torch.device:
+    "`'auto'`: cuda if available, then mps, then cpu; anything else is checked to exist."
+    if str(device) == 'auto':
+        if torch.cuda.is_available(): return torch.device('cuda')
+        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
+        return torch.device('cpu')
+    try: dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BrainkitError(None, f"device {str(device)!r} is not a device name", "use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise BrainkitError(None, f"device {str(device)!r} was asked for, but this torch has no usable CUDA GPU",
+                            "use device='auto' or 'cpu', or install a CUDA build of torch on a GPU machine")
+    return dev

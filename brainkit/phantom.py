@@ -88,7 +88,7 @@ def null_ti(t1:float, tr:float) -> float:
     "Inversion time that nulls a tissue with longitudinal relaxation `t1` at repetition time `tr`."
     return t1 * math.log(2 / (1 + math.exp(-tr/t1)))
 
-# %% ../nbs/01_phantom.ipynb #238657ee
+# %% ../nbs/01_phantom.ipynb #d15079b0
 @dataclass(frozen=True)
 class Sequence:
     "An MR acquisition: a signal equation and its parameters (times in ms, flip in degrees)."
@@ -102,6 +102,7 @@ class Sequence:
     noise: float = 1.0 # noise level relative to the site's (DWI and ASL are noisier)
     blur: float = 0.0 # Gaussian blur, mm: lower acquired resolution (DWI and ASL)
 
+# %% ../nbs/01_phantom.ipynb #4fa44c60
 def signal(seq:Sequence, t1, t2, t2s, pd, adc):
     "The signal of tissue(s) with these properties under `seq` (arrays broadcast)."
     k = seq.kind
@@ -120,7 +121,7 @@ def tissue_signals(seq:Sequence) -> dict[str, float]:
         out[name] = float(signal(seq, t1, t.t2, t.t2s, t.pd, t.adc)) if seq.kind != 'asl' else t.cbf / 60
     return out
 
-# %% ../nbs/01_phantom.ipynb #fa768ef0
+# %% ../nbs/01_phantom.ipynb #b935a73c
 @dataclass(frozen=True)
 class Site:
     "A scanner and protocol: sequences, grid, header orientation and image imperfections."
@@ -147,6 +148,7 @@ class Site:
         A[:3, 3] = np.array(self.center) - d * (np.array(self.shape) - 1) / 2
         return A
 
+# %% ../nbs/01_phantom.ipynb #3d78f9d9
 def _flair(tr:float, te:float) -> Sequence: return Sequence('ir', tr=tr, ti=round(null_ti(TISSUES['csf'].t1, tr)), te=te)
 
 SITES = {
@@ -175,23 +177,17 @@ SITES = {
         noise=0.025, bias=0.10, gain=(0.8, 1.25), jitter=0.03, tumours=True, brain_shift=(0, 0, -10)),
 }
 
-# %% ../nbs/01_phantom.ipynb #46283acc
+# %% ../nbs/01_phantom.ipynb #15286bbe
 ASSETS = Path(__file__).parent/'assets' if '__file__' in globals() else Path('../brainkit/assets')
 TEMPLATE_FILE = 'icbm152_2009a_sym_tissues_1.5mm.nii.gz'
 TEMPLATE_CENTER = np.array([0., -18., 8.])  # centre of the ICBM152 brain, MNI mm
 
-def build_tissue_template(out:str|Path|None=None, # where to write (default: the package's assets)
-                          spacing:float=1.5, # output voxel size, mm
-                         ) -> Path:
-    "Rebuild the CSF/GM/WM template from nilearn's ICBM152 2009a maps (needs `brainkit[templates]`)."
-    try:
-        import nilearn.datasets as nd
-        from scipy import ndimage as ndi
-    except ImportError:
-        raise ImportError("rebuilding the template needs nilearn and scipy: pip install 'brainkit[templates]'") from None
-    gm = nd.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
-    wm_img = nd.load_mni152_wm_template(resolution=1)
-    wm, aff = wm_img.get_fdata(dtype=np.float32), wm_img.affine
+# %% ../nbs/01_phantom.ipynb #0cd58802
+def _csf_gm_wm(gm:np.ndarray, # grey matter probability (X, Y, Z), 1 mm voxels
+               wm:np.ndarray, # white matter probability
+              ) -> np.ndarray:
+    "CSF, GM and WM fractions (X, Y, Z, 3): CSF fills the enclosed holes (ventricles) and a 2 mm rim around the brain."
+    from scipy import ndimage as ndi
     p = np.clip(gm + wm, 0, 1)
     ball = lambda r: np.sum(np.mgrid[-r:r+1, -r:r+1, -r:r+1]**2, 0) <= r*r
     brain = ndi.binary_fill_holes(ndi.binary_closing(p > 0.5, ball(4)))
@@ -199,7 +195,15 @@ def build_tissue_template(out:str|Path|None=None, # where to write (default: the
     lab, n = ndi.label(brain)
     brain = lab == 1 + np.argmax(ndi.sum(brain, lab, range(1, n + 1)))
     env = ndi.gaussian_filter(ndi.binary_dilation(brain, ball(2)).astype(np.float32), 0.7)
-    maps = np.stack([np.clip(env - p, 0, 1), gm, wm], -1).astype(np.float64)       # CSF, GM, WM
+    return np.stack([np.clip(env - p, 0, 1), gm, wm], -1).astype(np.float64)       # CSF, GM, WM
+
+# %% ../nbs/01_phantom.ipynb #3e915c89
+def _resample_maps(maps:np.ndarray, # fractions (X, Y, Z, 3)
+                   aff:np.ndarray, # their voxel -> MNI affine
+                   spacing:float, # output voxel size, mm
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    "`maps` anti-aliased and resampled onto a `spacing` mm grid around the tissue (6 mm margin): the fractions and their affine."
+    from scipy import ndimage as ndi
     idx = np.array(np.nonzero(maps.sum(-1) > 0.01))                                  # bounding box of the tissue
     maps = np.stack([ndi.gaussian_filter(maps[..., c], 0.45) for c in range(3)], -1)  # anti-alias
     lo = aff[:3, :3] @ idx.min(1) + aff[:3, 3] - 6
@@ -209,9 +213,23 @@ def build_tissue_template(out:str|Path|None=None, # where to write (default: the
     vox = np.linalg.solve(aff[:3, :3], grid.reshape(3, -1) - aff[:3, 3:])
     out_maps = np.stack([ndi.map_coordinates(maps[..., c], vox, order=1).reshape(shape) for c in range(3)], -1)
     out_maps = np.clip(out_maps, 0, 1)
-    out_maps = out_maps / np.maximum(out_maps.sum(-1, keepdims=True), 1)
     A = np.diag([spacing] * 3 + [1.]); A[:3, 3] = lo
-    img = nib.Nifti1Image(np.round(out_maps * 255).astype(np.uint8), A)
+    return out_maps / np.maximum(out_maps.sum(-1, keepdims=True), 1), A
+
+# %% ../nbs/01_phantom.ipynb #3c60b14a
+def build_tissue_template(out:str|Path|None=None, # where to write (default: the package's assets)
+                          spacing:float=1.5, # output voxel size, mm
+                         ) -> Path:
+    "Rebuild the CSF/GM/WM template from nilearn's ICBM152 2009a maps (needs `brainkit[templates]`)."
+    try:
+        import nilearn.datasets as nd
+        from scipy import ndimage  # noqa: F401 (used by _csf_gm_wm and _resample_maps)
+    except ImportError:
+        raise ImportError("rebuilding the template needs nilearn and scipy: pip install 'brainkit[templates]'") from None
+    gm = nd.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    wm_img = nd.load_mni152_wm_template(resolution=1)
+    maps, A = _resample_maps(_csf_gm_wm(gm, wm_img.get_fdata(dtype=np.float32)), wm_img.affine, spacing)
+    img = nib.Nifti1Image(np.round(maps * 255).astype(np.uint8), A)
     img.header.set_xyzt_units('mm'); img.header['descrip'] = b'ICBM152 2009a sym: CSF,GM,WM x255'
     img.header.set_qform(A, 4); img.header.set_sform(A, 4)  # code 4: MNI152 space
     return atomic_write_bytes(Path(out or ASSETS/TEMPLATE_FILE), nifti_bytes(img))
@@ -244,7 +262,7 @@ def default_template() -> Template:
     "The packaged template, loaded once per process (it is only read)."
     return Template()
 
-# %% ../nbs/01_phantom.ipynb #b9dee32c
+# %% ../nbs/01_phantom.ipynb #396c4f58
 def _freqs(shape, d=1.0):
     return np.meshgrid(*[np.fft.fftfreq(n, d=d) for n in shape], indexing='ij', sparse=True)
 
@@ -261,6 +279,7 @@ def gaussian_blur(vol:np.ndarray, sigma) -> np.ndarray:
     g = np.exp(-2 * np.pi**2 * sum((s*f)**2 for s,f in zip(sig, _freqs(vol.shape))))
     return np.fft.ifftn(np.fft.fftn(vol) * g).real
 
+# %% ../nbs/01_phantom.ipynb #909fe451
 def trilinear(vol:np.ndarray, vox:np.ndarray) -> np.ndarray:
     "Sample `vol` (X, Y, Z[, C]) at voxel coordinates `vox` (3, ...) with trilinear interpolation; 0 outside."
     shp = np.array(vol.shape[:3])
@@ -275,6 +294,7 @@ def trilinear(vol:np.ndarray, vox:np.ndarray) -> np.ndarray:
         out = out + (w[:, None] if val.ndim == 2 else w) * val
     return out.reshape(*vox.shape[1:], *vol.shape[3:])
 
+# %% ../nbs/01_phantom.ipynb #6948c2ab
 def rotation(degrees) -> np.ndarray:
     "The 3x3 rotation about x, then y, then z by `degrees`."
     a, b, c = np.deg2rad(degrees)
@@ -314,7 +334,7 @@ class Anatomy:
         lab = np.argmax(self.fractions, 0)
         return np.where(self.mask & (lab < 3), lab + 1, 0).astype(np.uint8)
 
-# %% ../nbs/01_phantom.ipynb #15535b53
+# %% ../nbs/01_phantom.ipynb #ab560e94
 TUMOUR_TYPES = ('necrotic', 'solid', 'necrotic', 'non-enhancing', 'necrotic', 'small', 'solid', 'necrotic')
 
 def _tumour(rng, kind:str, tpl:Template, to_world) -> dict:
@@ -328,16 +348,18 @@ def _tumour(rng, kind:str, tpl:Template, to_world) -> dict:
     return dict(kind=kind, centre=centre, r_ed=r_ed, r_core=r_core, r_nec=r_nec,
                 metric=rot @ np.diag(1 / rng.uniform(0.8, 1.25, 3)) @ rot.T, push=rng.uniform(0.3, 0.6))
 
+# %% ../nbs/01_phantom.ipynb #fdd5583c
 def _mass_effect(x:np.ndarray, t:dict) -> np.ndarray:
     "Outward displacement (3, ...) of tissue around the tumour; monotone along each ray, so no folding."
     d = x - t['centre'].reshape(3, 1, 1, 1)
     r = np.sqrt((d**2).sum(0)) + 1e-6
     return d / r * t['push'] * t['r_core'] * np.exp(-(r / (1.5 * t['r_ed']))**2)
 
+# %% ../nbs/01_phantom.ipynb #81e33b01
 def _sigmoid(z): return 0.5 * (1 + np.tanh(z / 2))
 
-def _insert_tumour(rng, fr:np.ndarray, x:np.ndarray, t:dict, spacing:float):
-    "Replace tissue by tumour classes in the fractions `fr`; return fractions, labels, texture and susceptibility."
+def _tumour_fractions(rng, fr:np.ndarray, x:np.ndarray, t:dict, spacing:float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "The fractions `fr` with tumour classes in place of tissue; also the edema region and the core (0-1 maps)."
     shape = fr.shape[1:]
     d = x - t['centre'].reshape(3, 1, 1, 1)
     dist = np.sqrt((np.einsum('ij,j...->i...', t['metric'], d)**2).sum(0))
@@ -355,16 +377,31 @@ def _insert_tumour(rng, fr:np.ndarray, x:np.ndarray, t:dict, spacing:float):
     enhancing = t['kind'] != 'non-enhancing'
     out[4] = nec if enhancing else core                   # a non-enhancing core is label 1 too
     out[5] = core - nec if enhancing else 0
-    seg = np.zeros(shape, np.uint8)
+    return out, region, core
+
+# %% ../nbs/01_phantom.ipynb #4de27fc5
+def _tumour_labels(fr:np.ndarray, out:np.ndarray, region:np.ndarray) -> np.ndarray:
+    "BraTS labels (0, 1, 2, 4) of the tumour fractions `out` made from the normal fractions `fr`."
+    gm, wm = fr[1], fr[2]
+    seg = np.zeros(fr.shape[1:], np.uint8)
     seg[(region >= 0.5) & (gm + wm >= 0.5)] = 2
     seg[out[5] >= 0.5] = 4
     seg[(out[4] >= 0.5) | ((out[4] + out[5] >= 0.5) & (out[4] >= out[5]))] = 1
-    texture = np.clip(out[3:].sum(0), 0, 1) * np.stack([smooth_field(rng, shape, spacing, 4) for _ in range(3)]) * 0.10
-    chi = np.zeros(shape)
-    if enhancing:                                          # a few microbleeds in the core (seen on SWI)
-        pts = np.argwhere(core > 0.5)
-        for _ in range(rng.integers(2, 6)): chi[tuple(pts[rng.integers(len(pts))])] += rng.uniform(3, 6)
-        chi = gaussian_blur(chi, 0.6)
+    return seg
+
+def _microbleeds(rng, core:np.ndarray) -> np.ndarray:
+    "Extra susceptibility (ppm) of 2-5 microbleeds at random points of the tumour core."
+    chi = np.zeros(core.shape)
+    pts = np.argwhere(core > 0.5)
+    for _ in range(rng.integers(2, 6)): chi[tuple(pts[rng.integers(len(pts))])] += rng.uniform(3, 6)
+    return gaussian_blur(chi, 0.6)
+
+def _insert_tumour(rng, fr:np.ndarray, x:np.ndarray, t:dict, spacing:float):
+    "Replace tissue by tumour classes in the fractions `fr`; return fractions, labels, texture and susceptibility."
+    out, region, core = _tumour_fractions(rng, fr, x, t, spacing)
+    seg = _tumour_labels(fr, out, region)
+    texture = np.clip(out[3:].sum(0), 0, 1) * np.stack([smooth_field(rng, fr.shape[1:], spacing, 4) for _ in range(3)]) * 0.10
+    chi = _microbleeds(rng, core) if t['kind'] != 'non-enhancing' else np.zeros(fr.shape[1:])
     return out, seg, texture, chi
 
 # %% ../nbs/01_phantom.ipynb #7e4b6922
@@ -391,7 +428,7 @@ def make_anatomy(rng:np.random.Generator, # the subject's random generator
     fr, seg, tex, chi = _insert_tumour(rng, fr, x, t, site.spacing)
     return Anatomy(fr, affine, texture + tex, chi, seg)
 
-# %% ../nbs/01_phantom.ipynb #9d87dfc3
+# %% ../nbs/01_phantom.ipynb #f807f3d2
 def _property_maps(anat:Anatomy, contrast:bool) -> dict[str, np.ndarray]:
     "Per-class property maps (len(CLASSES), X, Y, Z), with the subject's texture and any gadolinium."
     tex_t1, tex_t2, tex_pd = anat.texture
@@ -401,6 +438,7 @@ def _property_maps(anat:Anatomy, contrast:bool) -> dict[str, np.ndarray]:
     if contrast: p['t1'] = t1_after_contrast(p['t1'], col('gd') * (1 + 3 * np.abs(tex_pd)))
     return p
 
+# %% ../nbs/01_phantom.ipynb #f0b764c3
 def reference_signal(seq:Sequence) -> float:
     "The signal of pure white matter under `seq`: the level noise is relative to."
     if seq.kind == 'asl': return TISSUES['wm'].cbf / 60
@@ -409,6 +447,7 @@ def reference_signal(seq:Sequence) -> float:
 def _rician(rng, s:np.ndarray, sigma:float) -> np.ndarray:
     return np.sqrt((s + rng.normal(0, sigma, s.shape))**2 + rng.normal(0, sigma, s.shape)**2)
 
+# %% ../nbs/01_phantom.ipynb #aaf4cdbd
 def render(rng:np.random.Generator, # draws the noise
            anat:Anatomy, # what to image
            seq:Sequence, # how to image it
@@ -508,15 +547,7 @@ def sample_files(site:str, i:int, seed:int=SEED, tpl:Template|None=None) -> dict
         files.update({f'oracle/HCP_in_BraTS_contrast/{sid}/{sid}_{m}.nii.gz': _nifti(v, A, 'int16') for m,v in oracle.items()})
     return files
 
-# %% ../nbs/01_phantom.ipynb #a7aaa43c
-def _sample_files_job(job): return sample_files(*job)
-
-def _rendered(jobs:list, workers:int):
-    "The files of each (site, i, seed) job, in order, rendered here or in `workers` processes."
-    if workers <= 1: yield from map(_sample_files_job, jobs)
-    else:
-        with ProcessPoolExecutor(workers) as ex: yield from ex.map(_sample_files_job, jobs)
-
+# %% ../nbs/01_phantom.ipynb #f655be9b
 def _readme(seed:int, counts:dict) -> str:
     return f"""# data_samples: synthetic MRI in the real datasets' layouts
 
@@ -544,6 +575,7 @@ ICBM 2009a Nonlinear Symmetric atlas, Copyright (C) 1993-2009 Louis Collins, McC
 Montreal Neurological Institute, McGill University (see `brainkit/assets/ICBM152_LICENSE.txt`).
 """
 
+# %% ../nbs/01_phantom.ipynb #6260a7d0
 GENERATOR = 'brainkit.phantom.generate_samples'
 
 def _sha(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
@@ -556,6 +588,16 @@ def is_samples_folder(root:str|Path) -> bool:
     try: return json.loads((Path(root)/'MANIFEST.json').read_text()).get('generator') == GENERATOR
     except (OSError, ValueError, AttributeError): return False
 
+# %% ../nbs/01_phantom.ipynb #50f8af29
+def _sample_files_job(job): return sample_files(*job)
+
+def _rendered(jobs:list, workers:int):
+    "The files of each (site, i, seed) job, in order, rendered here or in `workers` processes."
+    if workers <= 1: yield from map(_sample_files_job, jobs)
+    else:
+        with ProcessPoolExecutor(workers) as ex: yield from ex.map(_sample_files_job, jobs)
+
+# %% ../nbs/01_phantom.ipynb #383dcbf8
 def generate_samples(out:str|Path, # the folder to write: new, empty, or an earlier samples folder (replaced whole)
                      seed:int=SEED, # fixes every subject
                      counts:Mapping[str, int]|None=None, # subjects per site (default `COUNTS`)

@@ -5,58 +5,46 @@
 # %% ../nbs/09_pix2pix.ipynb #db57ab4e
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import LAYOUTS, PLANES, BrainkitError, Subject, atomic_write_bytes, open_dataset, samples_dir
-from .preprocess import METHODS, Normalizer
-from .data import Augment, PairedSlices, SliceCache, make_loader, split_subjects
-from .networks import DISCRIMINATORS, GENERATORS, INITS, NORMS, discriminator, generator
-from .losses import GAN_MODES, GANLoss, gradient_penalty, mae, ssim
-from .train import (Dist, Precision, Run, TrainConfig, distributed_sampler, fit, init_distributed, linear_decay,
-                            seed_everything, wrap_ddp)
+from .io import LAYOUTS
+from .data import Augment, PairedSlices, SliceCache, fit_normalizers, split_dataset
+from .networks import discriminator, generator
+from .losses import GANLoss, gradient_penalty
+from .metrics import subject_scores
+from .train import Dist, Precision, wrap_ddp
+from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
+                          train_translation, translate_batch)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Pix2PixConfig', 'gan_checks', 'set_requires_grad', 'Pix2Pix', 'translate_batch', 'subject_scores',
-           'mean_scores', 'evaluate_translation', 'train_pix2pix']
+__all__ = ['log', 'Pix2PixConfig', 'Pix2Pix', 'evaluate_translation', 'paired_data', 'train_pix2pix']
 
 # %% ../nbs/09_pix2pix.ipynb #24bd9582
 @dataclass
-class Pix2PixConfig(TrainConfig):
+class Pix2PixConfig(GANConfig):
     "Every setting of a Pix2Pix run (defaults: the quick run on the BraTS-like samples)."
     data: str|None = None # a paired dataset folder, e.g. BraTS (None: the bundled BraTS-like samples)
     dataset: str = 'auto' # the folder's layout, one of brainkit.io.LAYOUTS, or 'auto'
     sources: tuple = ('t1',) # input modalities, one channel each (e.g. t1 t1ce flair)
     target: str = 't2' # the modality to produce
-    plane: str = 'axial' # slicing plane
-    size: int = 96 # in-plane crop/pad, pixels (reference: 256)
-    spacing: float|None = None # resample to this voxel size first, mm (None: keep)
-    normalization: str = 'percentile' # intensity normalization to [-1, 1]: 'percentile', 'zscore' or 'nyul'
-    min_brain: float = 0.25 # train on slices with at least this fraction of the largest brain area
-    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
-    split_seed: int|None = None # seed of the subject split (None: `seed`; fix it to vary only the training's randomness)
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
-    augment: bool = False # random flips, small rotations/scalings (the same for input and target)
+    lambda_l1: float = 100.0 # weight of L1(fake, target)
+    size: int = 96 # in-plane crop/pad, pixels (reference: 256)
     netG: str = 'unet_32' # generator: a U-Net with 5 levels (sizes divisible by 32); reference: unet_256
-    netD: str = 'basic' # discriminator: 'basic' (70x70 PatchGAN), 'n_layers' or 'pixel'
-    n_layers_D: int = 3 # PatchGAN depth for netD 'n_layers'
     ngf: int = 16 # generator filters in the first layer (reference: 64)
     ndf: int = 16 # discriminator filters in the first layer (reference: 64)
     norm: str = 'batch' # 'batch', 'instance' or 'none'
     dropout: bool = True # dropout in the U-Net's innermost decoder blocks (only U-Nets with more than 5 levels have them: unet_64 and up)
-    init: str = 'normal' # weight initialization, gain 0.02
     gan_mode: str = 'vanilla' # 'vanilla', 'lsgan' or 'wgangp'
-    lambda_l1: float = 100.0 # weight of L1(fake, target)
     lr: float = 1e-3 # Adam's learning rate (reference: 2e-4; the quick run's short schedule needs more)
     epochs: int = 8 # epochs at the initial learning rate (reference: 100)
     epochs_decay: int = 4 # then epochs of linear decay to 0 (reference: 100)
@@ -67,32 +55,13 @@ class Pix2PixConfig(TrainConfig):
                   (self.target not in self.sources, f"target {self.target!r} is also a source"),
                   (self.dataset == 'auto' or self.dataset in LAYOUTS, f"dataset must be 'auto' or one of {', '.join(LAYOUTS)}"),
                   (self.lambda_l1 >= 0, "lambda_l1 must be at least 0")]
-        return super().problems() + [msg for ok, msg in gan_checks(self) + checks if not ok]
-
-def gan_checks(c) -> list[tuple[bool, str]]:
-    "Checks of the settings Pix2Pix and CycleGAN configs share: (passed, what is wrong) pairs."
-    div = 32 if c.netG.startswith('unet') else 4
-    return [(c.plane in PLANES, f"plane must be one of {', '.join(PLANES)}, not {c.plane!r}"),
-            (c.normalization in METHODS, f"normalization must be one of {', '.join(METHODS)}, not {c.normalization!r}"),
-            (c.netG in GENERATORS, f"netG must be one of {', '.join(GENERATORS)}, not {c.netG!r}"),
-            (c.netD in DISCRIMINATORS, f"netD must be one of {', '.join(DISCRIMINATORS)}, not {c.netD!r}"),
-            (c.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, not {c.norm!r}"),
-            (c.init in INITS, f"init must be one of {', '.join(INITS)}, not {c.init!r}"),
-            (c.gan_mode in GAN_MODES, f"gan_mode must be one of {', '.join(GAN_MODES)}, not {c.gan_mode!r}"),
-            (c.size > 0 and c.size % div == 0, f"size {c.size} does not suit {c.netG}: use a multiple of {div}"),
-            (c.spacing is None or c.spacing > 0, f"spacing must be positive, not {c.spacing}"),
-            (c.ngf >= 1 and c.ndf >= 1 and c.n_layers_D >= 1, "ngf, ndf and n_layers_D must be at least 1"),
-            (len(c.split) == 3 and min(c.split) >= 0 and abs(sum(c.split) - 1) < 1e-6,
-             f"split must be three non-negative fractions (train, val, test) that sum to 1, not {c.split}")]
+        return super().problems() + [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/09_pix2pix.ipynb #3ab41e06
-def set_requires_grad(nets:Sequence[nn.Module], flag:bool):
-    "Freeze (False) or unfreeze (True) every parameter of `nets`."
-    for n in nets:
-        for p in n.parameters(): p.requires_grad_(flag)
-
 class Pix2Pix:
     "Pix2Pix's networks, losses, optimizers and update step (reference: pix2pix_model.py)."
+    name, Config, score_name = 'pix2pix', Pix2PixConfig, 'val'
+    description = 'paired translation (e.g. BraTS t1 -> t2)'
     loss_names = ('G_GAN', 'G_L1', 'D_real', 'D_fake')
     visual_names = ('real_A', 'fake_B', 'real_B')
 
@@ -113,60 +82,39 @@ class Pix2Pix:
     def nets(self) -> dict: return {'G': self.G, 'D': self.D}
     @property
     def optims(self) -> dict: return {'G': self.opt_G, 'D': self.opt_D}
+    @property
+    def extras(self) -> dict: return {'precision': self.prec}
+    @classmethod
+    def prepare(cls, cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+        "The paired slices of the run (see `paired_data`)."
+        return paired_data(cfg, dist, cache, progress)
 
     def step(self, batch:Mapping) -> dict[str, float]:
         "One update of D, then G, on a batch {'source': (N, C, H, W), 'target': (N, 1, H, W)}."
         real_A = batch['source'].to(self.device, non_blocking=True)
         real_B = batch['target'].to(self.device, non_blocking=True)
+        l = {}
         with self.prec.autocast(): fake_B = self.g(real_A)
         # D: fake pairs against 'fake', real pairs against 'real', halved
         self.opt_D.zero_grad(set_to_none=True)
         with self.prec.autocast():
             fake_AB, real_AB = torch.cat([real_A, fake_B.detach()], 1), torch.cat([real_A, real_B], 1)
-            loss_D_fake = self.gan(self.d(fake_AB), False)
-            loss_D_real = self.gan(self.d(real_AB), True)
-            loss_D = (loss_D_fake + loss_D_real) * 0.5
+            l['D_fake'], l['D_real'] = self.gan(self.d(fake_AB), False), self.gan(self.d(real_AB), True)
+            loss_D = (l['D_fake'] + l['D_real']) * 0.5
         if self.cfg.gan_mode == 'wgangp': loss_D = loss_D + gradient_penalty(self.d, real_AB, fake_AB)
         self.prec.step(loss_D, self.opt_D, 'D')
         # G: fool the frozen D, and stay close to the target
         set_requires_grad([self.D], False)
         self.opt_G.zero_grad(set_to_none=True)
         with self.prec.autocast():
-            loss_G_GAN = self.gan(self.D(torch.cat([real_A, fake_B], 1)), True)
-            loss_G_L1 = F.l1_loss(fake_B.float(), real_B) * self.cfg.lambda_l1
-            loss_G = loss_G_GAN + loss_G_L1
-        self.prec.step(loss_G, self.opt_G, 'G')
+            l['G_GAN'] = self.gan(self.D(torch.cat([real_A, fake_B], 1)), True)
+            l['G_L1'] = F.l1_loss(fake_B.float(), real_B) * self.cfg.lambda_l1
+        self.prec.step(l['G_GAN'] + l['G_L1'], self.opt_G, 'G')
         set_requires_grad([self.D], True)
         self.visuals = {'real_A': real_A[:, :1].detach(), 'fake_B': fake_B.detach().float(), 'real_B': real_B}
-        return {'G_GAN': loss_G_GAN.item(), 'G_L1': loss_G_L1.item(), 'D_real': loss_D_real.item(), 'D_fake': loss_D_fake.item()}
+        return loss_values(l, self.loss_names)
 
 # %% ../nbs/09_pix2pix.ipynb #4c52f551
-@torch.inference_mode()
-def translate_batch(G:nn.Module, x:torch.Tensor, batch_size:int=16, progress:bool=False) -> torch.Tensor:
-    "G's outputs for the images `x` (N, C, H, W), in batches, in eval mode, on G's device; returned on the CPU."
-    from tqdm.auto import tqdm
-    dev = next(G.parameters()).device
-    was = G.training; G.eval()
-    try: return torch.cat([G(x[i:i + batch_size].to(dev, non_blocking=True)).float().cpu()
-                           for i in tqdm(range(0, len(x), batch_size), desc='translate', disable=not progress, leave=False)])
-    finally: G.train(was)
-
-def subject_scores(fake:torch.Tensor, real:torch.Tensor, # a subject's slices (N, 1, H, W) in [-1, 1]
-                   mask:torch.Tensor, # (N, 1, H, W): the brain
-                  ) -> dict[str, float]:
-    "SSIM, PSNR and MAE of a subject's translated slices against the real ones, over all its brain pixels."
-    m = mask.expand_as(real)
-    w = m.flatten(1).sum(1).double()
-    if w.sum() == 0: raise ValueError("the brain mask is empty: nothing to score")
-    mse = float(((fake - real) ** 2)[m].double().mean())
-    return {'ssim': float((ssim(fake, real, m).double() * w).sum() / w.sum()),   # each slice's mean, weighted by its brain pixels
-            'psnr': float(10 * np.log10(4.0 / max(mse, 1e-12))),               # data range 2: images in [-1, 1]
-            'mae': float((mae(fake, real, m).double() * w).sum() / w.sum())}
-
-def mean_scores(rows:Sequence[Mapping]) -> dict[str, float]:
-    "The mean of each score over `rows` (subjects)."
-    return {k: float(np.mean([r[k] for r in rows])) for k in ('ssim', 'psnr', 'mae')} if rows else {}
-
 def evaluate_translation(G:nn.Module, # a generator: sources -> target
                          ds:PairedSlices, # held-out subjects' paired slices
                          batch_size:int=16) -> list[dict]:
@@ -179,80 +127,26 @@ def evaluate_translation(G:nn.Module, # a generator: sources -> target
         per[ds.set.subjects[k].id] = subject_scores(translate_batch(G, x, batch_size), y, (x > -1).any(1, keepdim=True))
     return [{'subject': s, **v} for s, v in per.items()]
 
-# %% ../nbs/09_pix2pix.ipynb #0a7f1307
-def _dataset_split(data, dataset, split, seed, split_file, default='brats'):
-    ds = open_dataset(data or samples_dir(default), dataset)
-    parts = split_subjects([s.id for s in ds], split, seed, split_file)
-    return ds, [[s for s in ds if s.id in set(parts.get(p, []))] for p in ('train', 'val', 'test')], parts
-
-def _fit_normalizers(method:str, modalities:Sequence[str], train:Sequence[Subject]) -> dict[str, Normalizer]:
-    "One normalizer per modality (Nyul ones learn their scale from the training subjects)."
-    return {m: Normalizer(method).fit(s[m] for s in train) if method == 'nyul' else Normalizer(method) for m in modalities}
-
-def _rank0_first(d:Dist, make):
-    "Build something (a slice cache) on rank 0 first, then on the other ranks (which then only read it)."
-    import torch.distributed as tdist
-    if d.on and not d.main: tdist.barrier()
-    out = make()
-    if d.on and d.main: tdist.barrier()
-    return out
-
-def _scored(run:Run, evaluate):
-    "`evaluate`, remembered per epoch: the final scores reuse the last epoch's validation instead of computing it again."
-    memo = {}
-    def score():
-        if memo.get('at') != run.iteration: memo.update(at=run.iteration, rows=evaluate())   # the weights change only by iterations
-        return memo['rows']
-    return score
-
-def _split_seed(cfg) -> int: return cfg.seed if cfg.split_seed is None else cfg.split_seed
-
-def _seed_process(seed:int, d:Dist):
-    "After the (identical) networks are built: each process of a distributed run draws its own random numbers."
-    if d.rank: seed_everything(int(np.random.SeedSequence([seed, d.rank]).generate_state(1)[0]))
-
-def _start(cfg, cls) -> tuple:
-    "A training run's first steps: its config (from plain data if need be), this process's place and device, the seed."
-    cfg = cfg if isinstance(cfg, cls) else cls.from_dict(cfg)
-    d, device = init_distributed(cfg.device)
-    seed_everything(cfg.seed)
-    return cfg, d, device
+# %% ../nbs/09_pix2pix.ipynb #a25e01e8
+def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+    "The training and held-out paired slices of a Pix2Pix run, its held-out evaluation and its checkpoint metadata."
+    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file)
+    norms = fit_normalizers(cfg.normalization, [*cfg.sources, cfg.target], train_s)
+    slicing = cfg.slicing(norms)
+    train = rank0_first(dist, lambda: PairedSlices(train_s, cfg.sources, cfg.target, slicing, augment=Augment() if cfg.augment else None,
+                                                   cache=cache, seed=cfg.seed, progress=progress))
+    val = (PairedSlices(val_s, cfg.sources, cfg.target, slicing, cache=cache, seed=cfg.seed, progress=progress)
+           if val_s and dist.main else None)
+    meta = {'sources': list(cfg.sources), 'target': cfg.target, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
+            'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'split': {k: list(v) for k, v in parts.items()},
+            'directions': {'AtoB': direction('G', cfg.sources, cfg.target, norms)}}
+    return Prepared(train, meta, (lambda model: evaluate_translation(model.G, val)) if val else None,
+                    {'train_subjects': len(train_s), 'train_slices': len(train)})
 
 def train_pix2pix(cfg:Pix2PixConfig|Mapping, # the run's settings
-                  out_dir:str|Path, # checkpoint.pt, config.json, history/iterations logs, samples/, metrics.json
-                  resume:bool=True, # continue a run whose folder holds a checkpoint
-                  progress:bool=True, # progress bars
-                  cache:SliceCache|None=None, # the slice cache (default: $BRAINKIT_CACHE, ...)
-                 ) -> dict:
+                  out_dir, # checkpoint.pt, config.json, history/iterations logs, samples/, metrics.json
+                  resume:bool=True, progress:bool=True, cache:SliceCache|None=None) -> dict:
     "Train Pix2Pix as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
-    cfg, d, device = _start(cfg, Pix2PixConfig)
-    ds, (train_s, val_s, _), parts = _dataset_split(cfg.data, cfg.dataset, cfg.split, _split_seed(cfg), cfg.split_file)
-    if not train_s: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
-    mods = [*cfg.sources, cfg.target]
-    norms = _fit_normalizers(cfg.normalization, mods, train_s)
-    show = progress and d.main
-    train_ds = _rank0_first(d, lambda: PairedSlices(train_s, cfg.sources, cfg.target, cfg.plane, cfg.size, norms, 'all', 0,
-                                                     cfg.min_brain, Augment() if cfg.augment else None, cache, cfg.seed, show, cfg.spacing))
-    val_ds = (PairedSlices(val_s, cfg.sources, cfg.target, cfg.plane, cfg.size, norms, 'all', 0, cfg.min_brain, None, cache,
-                           cfg.seed, show, cfg.spacing) if val_s and d.main else None)
-    loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.workers, device,
-                         sampler=distributed_sampler(train_ds, d, cfg.seed))
-    model = Pix2Pix(cfg, device, d)
-    _seed_process(cfg.seed, d)
-    meta = {'model': 'pix2pix', 'sources': list(cfg.sources), 'target': cfg.target, 'plane': cfg.plane, 'size': cfg.size,
-            'spacing': cfg.spacing, 'normalizers': {m: n.to_dict() for m, n in norms.items()},
-            'split': {k: list(v) for k, v in parts.items()}, 'generators': {'AtoB': 'G'}}
-    run = Run(out_dir, 'pix2pix', asdict(cfg), model.nets, model.optims,
-              {k: linear_decay(o, cfg.epochs, cfg.epochs_decay) for k, o in model.optims.items()},
-              {'precision': model.prec}, meta)
-    score = _scored(run, lambda: evaluate_translation(model.G, val_ds)) if val_ds else None
-    validate = (lambda: {f'val_{k}': v for k, v in mean_scores(score()).items()}) if score else None
-    fit(run, loader, model.step, cfg.epochs + cfg.epochs_decay, cfg.save_every, validate, cfg.seed, resume, show,
-        lambda: model.visuals, cfg.sample_every, cfg.tensorboard, d)
-    if not d.main: return {}
-    per_subject = score() if score else []
-    metrics = {'kind': 'pix2pix', 'epochs': run.epoch, 'final_losses': {k: run.history[-1][k] for k in Pix2Pix.loss_names},
-               'val': mean_scores(per_subject), 'val_subjects': per_subject, 'history': run.history,
-               'train_subjects': len(train_s), 'train_slices': len(train_ds), 'processes': d.world, 'config': asdict(cfg)}
-    atomic_write_bytes(Path(out_dir)/'metrics.json', json.dumps(metrics, indent=1).encode())
-    return metrics
+    return train_translation(Pix2Pix, cfg, out_dir, resume, progress, cache)
+
+register_translator(Pix2Pix)

@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
 from .io import BrainkitError, Volume, plane_axis
 
 # %% auto #0
-__all__ = ['NYUL_PERCENTILES', 'METHODS', 'NoBrainError', 'NoTumourFreeSlicesError', 'otsu_threshold', 'fill_holes', 'brain_mask',
-           'Normalizer', 'CropPad', 'crop_pad', 'resample', 'dilate_flags', 'select_slices', 'tumour_free_slices']
+__all__ = ['NYUL_PERCENTILES', 'NORMALIZATIONS', 'METHODS', 'NoBrainError', 'NoTumourFreeSlicesError', 'otsu_threshold',
+           'fill_holes', 'brain_mask', 'Normalizer', 'ZScoreNormalizer', 'PercentileNormalizer', 'NyulNormalizer',
+           'FixedScaleNormalizer', 'CropPad', 'crop_pad', 'resample', 'dilate_flags', 'select_slices',
+           'tumour_free_slices']
 
 # %% ../nbs/04_preprocess.ipynb #48981d8e
 class NoBrainError(BrainkitError):
@@ -26,7 +29,7 @@ def _src(x) -> tuple[np.ndarray, object]:
     "The array of `x` (a Volume or an array) and a name for messages (its file, if it has one)."
     return (x.data, x.path or 'volume') if isinstance(x, Volume) else (np.asarray(x), 'array')
 
-# %% ../nbs/04_preprocess.ipynb #a290a1c1
+# %% ../nbs/04_preprocess.ipynb #234b1530
 def otsu_threshold(values:np.ndarray, bins:int=256) -> float:
     "The threshold that best separates `values` into two classes (Otsu's method, maximum between-class variance)."
     hist, edges = np.histogram(values, bins=bins)
@@ -39,6 +42,7 @@ def otsu_threshold(values:np.ndarray, bins:int=256) -> float:
     if not np.isfinite(between).any(): return float(np.max(values))   # one value only: nothing to separate
     return float(edges[1:][np.nanargmax(between)])
 
+# %% ../nbs/04_preprocess.ipynb #adfc5062
 def fill_holes(mask:np.ndarray) -> np.ndarray:
     "Fill the holes of a 3D mask: background that is not 6-connected to the border of the volume."
     mask = np.asarray(mask, bool)
@@ -82,84 +86,181 @@ def brain_mask(x:Volume|np.ndarray, # a skull-stripped volume
                            "check that this is a brain image with its intensities intact (not an empty or failed export)")
     return fill_holes(mask) if fill else mask
 
-# %% ../nbs/04_preprocess.ipynb #f4b27426
-NYUL_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
-METHODS = ('zscore', 'percentile', 'nyul')
-
-@dataclass
-class Normalizer:
-    "A named intensity normalization to [-1, 1] (background -1), recordable with a model as a plain dict."
-    method: str = 'percentile' # 'zscore', 'percentile' or 'nyul'
-    low: float = 0.5 # percentile: lower clip percentile
-    high: float = 99.5 # percentile: upper clip percentile
-    k: float = 3.0 # zscore: clip at +-k standard deviations
-    percentiles: tuple = NYUL_PERCENTILES # nyul: landmark percentiles
-    landmarks: list|None = None # nyul: the standard scale, learned by `fit`
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown normalization {self.method!r}: use one of {', '.join(METHODS)}")
-        self.percentiles = tuple(self.percentiles)
-
-    def to_dict(self) -> dict: return asdict(self) | {'percentiles': list(self.percentiles)}
-    @classmethod
-    def from_dict(cls, d:dict) -> Normalizer: return cls(**d)
-
-# %% ../nbs/04_preprocess.ipynb #9abac934
+# %% ../nbs/04_preprocess.ipynb #043608be
 def _brain_values(x, mask):
+    "The array of `x`, its brain mask (computed from the data if None) and the brain's intensities as float64."
     data, _ = _src(x)
     if mask is None: mask = brain_mask(x)       # (given the Volume, so that errors name its file)
     return data, mask, data[mask].astype(np.float64)
 
-def _fit(self:Normalizer, volumes:Iterable, masks:Iterable|None=None) -> Normalizer:
-    "Learn the standard scale from training `volumes` (Nyúl); other methods need no fitting."
-    if self.method != 'nyul': return self
+def _training_values(volumes:Iterable, masks:Iterable|None=None):
+    "The brain intensities of each training volume in turn (its mask computed from the data where none is given)."
     masks = list(masks) if masks is not None else None
-    marks = []
-    for i, v in enumerate(volumes):
-        _, _, vals = _brain_values(v, masks[i] if masks else None)
-        p = np.percentile(vals, self.percentiles)
-        marks.append((p - p[0]) / max(p[-1] - p[0], 1e-12) * 100)
-    if not marks: raise ValueError("Nyul normalization needs at least one training volume to fit")
-    self.landmarks = [float(m) for m in np.mean(marks, 0)]
-    return self
-Normalizer.fit = _fit
+    for i, v in enumerate(volumes): yield _brain_values(v, masks[i] if masks else None)[2]
 
-# %% ../nbs/04_preprocess.ipynb #8fdf34e2
-def _segments(self:Normalizer, vals:np.ndarray) -> tuple[list, list]:
-    "The piecewise-linear map of this volume: intensities xp -> normalized positions fp in [-1, 1]."
-    if self.method == 'percentile':
-        lo, hi = np.percentile(vals, [self.low, self.high])
-        return [float(lo), float(hi)], [-1.0, 1.0]
-    if self.method == 'zscore':
-        mu, sd = float(vals.mean()), float(vals.std()) or 1.0
-        return [mu - self.k * sd, mu + self.k * sd], [-1.0, 1.0]
-    if self.landmarks is None:
-        raise ValueError("a 'nyul' Normalizer must be fitted on training volumes first: Normalizer('nyul').fit(volumes)")
-    p = np.percentile(vals, self.percentiles)
-    s = np.asarray(self.landmarks)
-    return [float(v) for v in p], [float(v) for v in (s - s[0]) / (s[-1] - s[0]) * 2 - 1]
-
-def _apply(self:Normalizer, x:Volume|np.ndarray, mask:np.ndarray|None=None) -> tuple[np.ndarray, dict]:
-    "Normalize `x` to [-1, 1] inside its brain mask (background -1); return it and the numbers `invert` needs."
-    data, mask, vals = _brain_values(x, mask)
-    xp, fp = _segments(self, vals)
+def _to_unit(data:np.ndarray, mask:np.ndarray, xp:list, fp:list, name) -> np.ndarray:
+    "`data` mapped piecewise-linearly xp -> fp inside `mask` (clipped to [fp[0], fp[-1]] beyond the ends), -1 outside."
     if np.any(np.diff(xp) <= 0):
-        raise NoBrainError(_src(x)[1], f"brain intensities are constant or degenerate (landmarks {np.round(xp, 3).tolist()})",
+        raise NoBrainError(name, f"brain intensities are constant or degenerate (landmarks {np.round(xp, 3).tolist()})",
                            "check the volume: a normalizable brain has a spread of intensities")
-    out = np.interp(data, xp, fp)      # clipped to [fp[0], fp[-1]] = [-1, 1] beyond the end landmarks
-    out = np.where(mask, out, -1.0).astype(np.float32)
-    return out, {'method': self.method, 'xp': xp, 'fp': fp}
+    return np.where(mask, np.interp(data, xp, fp), -1.0).astype(np.float32)
 
-def _invert(self:Normalizer, y:np.ndarray, stats:dict, mask:np.ndarray|None=None, background:float=0.0) -> np.ndarray:
-    "Map normalized values back to the intensity scale described by `stats` (from `apply`); outside `mask`, `background`."
-    out = np.interp(y, stats['fp'], stats['xp']).astype(np.float32)
+def _from_unit(y:np.ndarray, xp:list, fp:list, mask:np.ndarray|None=None, background:float=0.0) -> np.ndarray:
+    "The inverse map fp -> xp of normalized values `y`; outside `mask` (if given), `background`."
+    out = np.interp(y, fp, xp).astype(np.float32)
     return out if mask is None else np.where(mask, out, np.float32(background))
 
-Normalizer.apply, Normalizer.invert = _apply, _invert
-Normalizer.__call__ = lambda self, x, mask=None: self.apply(x, mask)[0]
+def _unfitted(method:str) -> ValueError:
+    "The error for a method used before `fit` taught it its scale."
+    return ValueError(f"a {method!r} Normalizer must be fitted on training volumes first: Normalizer({method!r}).fit(volumes)")
 
-# %% ../nbs/04_preprocess.ipynb #7c0a34af
+# %% ../nbs/04_preprocess.ipynb #a3de049a
+@dataclass
+class Normalizer:
+    "An intensity normalization to [-1, 1] (background -1); `Normalizer(method, **params)` builds the registered one."
+    method: str = 'percentile' # its name in `NORMALIZATIONS`: 'zscore', 'percentile', 'nyul' or 'none'
+    needs_fit: ClassVar[bool] = False # whether `fit` must see training volumes before it can be used
+
+    def __new__(cls, method:str='percentile', *args, **params):
+        return super().__new__(_lookup(method) if cls is Normalizer else cls)   # Normalizer('zscore') -> ZScoreNormalizer
+
+    def __post_init__(self):
+        if self.method != type(self).method:
+            raise ValueError(f"{type(self).__name__}'s method is {type(self).method!r}, not {self.method!r}")
+        for f in fields(self):                        # k=3 and k=3.0 are one parameter: one dict, one cache key
+            v = getattr(self, f.name)
+            if f.type in ('float', 'float|None') and type(v) is int: setattr(self, f.name, float(v))
+
+    def segments(self, vals:np.ndarray) -> tuple[list, list]:
+        "This volume's map, from its brain intensities `vals`: increasing intensities xp -> positions fp in [-1, 1]."
+        raise NotImplementedError(f"{type(self).__name__} must define `segments`")
+
+    def fit(self, volumes:Iterable, masks:Iterable|None=None) -> Normalizer:
+        "Learn what the map needs from training `volumes` (and their brain `masks`); a per-volume method needs nothing."
+        return self
+
+    def apply(self, x:Volume|np.ndarray, mask:np.ndarray|None=None) -> tuple[np.ndarray, dict]:
+        "Normalize `x` to [-1, 1] inside its brain mask (background -1); return it and the numbers `invert` needs."
+        data, mask, vals = _brain_values(x, mask)
+        xp, fp = self.segments(vals)
+        return _to_unit(data, mask, xp, fp, _src(x)[1]), {'method': self.method, 'xp': xp, 'fp': fp}
+
+    def invert(self, y:np.ndarray, stats:dict, mask:np.ndarray|None=None, background:float=0.0) -> np.ndarray:
+        "Map normalized values back to the intensity scale described by `stats` (from `apply`); outside `mask`, `background`."
+        return _from_unit(y, stats['xp'], stats['fp'], mask, background)
+
+    def __call__(self, x:Volume|np.ndarray, mask:np.ndarray|None=None) -> np.ndarray:
+        "The normalized array of `x` (`apply` without the stats)."
+        return self.apply(x, mask)[0]
+
+    def to_dict(self) -> dict:
+        "The method and its own parameters, as plain JSON-able data to record with a model."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d:dict) -> Normalizer:
+        "The normalizer that `to_dict` recorded; the fields of other methods (older brainkits recorded them all) are ignored."
+        known = {f.name for c in NORMALIZATIONS.values() for f in fields(c)}
+        if unknown := set(d) - known:
+            raise ValueError(f"unknown normalization fields {sorted(unknown)} in {d}: expected some of {sorted(known)}")
+        own = {f.name for f in fields(_lookup(d.get('method')))}
+        return Normalizer(**{k: v for k, v in d.items() if k in own})
+
+# %% ../nbs/04_preprocess.ipynb #5fa8308a
+@dataclass
+class ZScoreNormalizer(Normalizer):
+    "z-score inside the brain: (x - mean) / sd, clipped at ±k standard deviations, divided by k."
+    method: str = 'zscore'
+    k: float = 3.0 # clip at ±k standard deviations
+
+    def segments(self, vals:np.ndarray) -> tuple[list, list]:
+        "The brain's mean -/+ k standard deviations -> -1/+1."
+        mu, sd = float(vals.mean()), float(vals.std()) or 1.0
+        return [mu - self.k * sd, mu + self.k * sd], [-1.0, 1.0]
+
+# %% ../nbs/04_preprocess.ipynb #645a8350
+@dataclass
+class PercentileNormalizer(Normalizer):
+    "Clip to the brain's `low` and `high` percentiles and rescale linearly (as BraSyn does before evaluating)."
+    method: str = 'percentile'
+    low: float = 0.5 # lower clip percentile
+    high: float = 99.5 # upper clip percentile
+
+    def segments(self, vals:np.ndarray) -> tuple[list, list]:
+        "The brain's `low` and `high` percentiles -> -1 and +1."
+        lo, hi = np.percentile(vals, [self.low, self.high])
+        return [float(lo), float(hi)], [-1.0, 1.0]
+
+# %% ../nbs/04_preprocess.ipynb #6f2d366e
+NYUL_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+
+@dataclass
+class NyulNormalizer(Normalizer):
+    "Histogram standardization (Nyúl & Udupa 2000): a volume's landmark percentiles -> a standard scale learned by `fit`."
+    method: str = 'nyul'
+    percentiles: tuple = NYUL_PERCENTILES # the landmark percentiles
+    landmarks: list|None = None # the standard scale (0 at the first landmark, 100 at the last), learned by `fit`
+    needs_fit: ClassVar[bool] = True
+
+    def __post_init__(self): super().__post_init__(); self.percentiles = tuple(self.percentiles)
+
+    def fit(self, volumes:Iterable, masks:Iterable|None=None) -> NyulNormalizer:
+        "Learn the standard scale: the mean of the training volumes' landmarks, each volume's [p1, p99] mapped onto [0, 100]."
+        marks = []
+        for vals in _training_values(volumes, masks):
+            p = np.percentile(vals, self.percentiles)
+            marks.append((p - p[0]) / max(p[-1] - p[0], 1e-12) * 100)
+        if not marks: raise ValueError("Nyul normalization needs at least one training volume to fit")
+        self.landmarks = [float(m) for m in np.mean(marks, 0)]
+        return self
+
+    def segments(self, vals:np.ndarray) -> tuple[list, list]:
+        "This volume's landmarks -> the standard scale, rescaled to [-1, 1]."
+        if self.landmarks is None: raise _unfitted(self.method)
+        p = np.percentile(vals, self.percentiles)
+        s = np.asarray(self.landmarks)
+        return [float(v) for v in p], [float(v) for v in (s - s[0]) / (s[-1] - s[0]) * 2 - 1]
+
+# %% ../nbs/04_preprocess.ipynb #a1687f72
+@dataclass
+class FixedScaleNormalizer(Normalizer):
+    "'none': no per-volume normalization; one fixed linear map [0, `scale`] -> [-1, 1] learned by `fit`, the same for all."
+    method: str = 'none'
+    high: float = 99.5 # the brain percentile (of each training volume, then averaged) that becomes `scale`
+    scale: float|None = None # the raw intensity that maps to +1, learned by `fit`
+    needs_fit: ClassVar[bool] = True
+
+    def fit(self, volumes:Iterable, masks:Iterable|None=None) -> FixedScaleNormalizer:
+        "Learn `scale`: the mean over the training volumes of each one's `high` brain percentile."
+        tops = [float(np.percentile(vals, self.high)) for vals in _training_values(volumes, masks)]
+        if not tops: raise ValueError("the 'none' normalization needs at least one training volume to fit its scale")
+        if (scale := float(np.mean(tops))) <= 0:
+            raise ValueError(f"the training volumes' brains have no positive intensities (scale {scale:g}): check the volumes")
+        self.scale = scale
+        return self
+
+    def segments(self, vals:np.ndarray) -> tuple[list, list]:
+        "The same map for every volume: 0 and `scale` -> -1 and +1."
+        if self.scale is None: raise _unfitted(self.method)
+        return [0.0, self.scale], [-1.0, 1.0]
+
+# %% ../nbs/04_preprocess.ipynb #49bf73d2
+NORMALIZATIONS = {c.method: c for c in (ZScoreNormalizer, PercentileNormalizer, NyulNormalizer, FixedScaleNormalizer)}
+METHODS = tuple(NORMALIZATIONS) # the names: 'zscore', 'percentile', 'nyul', 'none'
+
+def _lookup(method:str) -> type:
+    "The class registered as normalization `method`."
+    if method not in NORMALIZATIONS: raise ValueError(f"unknown normalization {method!r}: use one of {', '.join(NORMALIZATIONS)}")
+    return NORMALIZATIONS[method]
+
+# %% ../nbs/04_preprocess.ipynb #a18fef6d
+def _overlap(n:int, size:int) -> tuple[slice, slice]:
+    "The voxels a centre crop/pad of an axis of length `n` to `size` keeps: (slice of the source, slice of the target)."
+    off = (n - size) // 2                              # > 0: crop, < 0: pad
+    keep = min(n, size)
+    return slice(max(off, 0), max(off, 0) + keep), slice(max(-off, 0), max(-off, 0) + keep)
+
+# %% ../nbs/04_preprocess.ipynb #176535c3
 @dataclass(frozen=True)
 class CropPad:
     "A centre crop/pad of chosen axes of an array to fixed sizes, and its exact inverse."
@@ -169,12 +270,7 @@ class CropPad:
     def _cuts(self):
         "Per axis: (source slice, target slice) of the overlap between the original and the target."
         cuts = [(slice(None), slice(None))] * len(self.shape)
-        for ax, size in self.sizes:
-            n = self.shape[ax]
-            off = (n - size) // 2                          # > 0: crop, < 0: pad
-            src = slice(max(off, 0), max(off, 0) + min(n, size))
-            dst = slice(max(-off, 0), max(-off, 0) + min(n, size))
-            cuts[ax] = (src, dst)
+        for ax, size in self.sizes: cuts[ax] = _overlap(self.shape[ax], size)
         return cuts
 
     @property
@@ -200,6 +296,7 @@ class CropPad:
         "Put `y` (of the target shape) back on the original grid; cropped-away voxels become `value`."
         return self._move(y, value, False)
 
+# %% ../nbs/04_preprocess.ipynb #32256004
 def crop_pad(shape:tuple, # shape of the arrays to transform
              size:int|tuple[int, int], # target size of the two in-plane axes
              plane:str='axial', # the plane whose in-plane axes are resized (the other axis is kept)
@@ -235,7 +332,7 @@ def resample(vol:Volume, # a canonical volume
     T = np.eye(4); T[:3, :3] = np.diag(ratio); T[:3, 3] = offsets             # new voxel -> old voxel
     return Volume(np.asfortranarray(data.astype(vol.data.dtype)), vol.affine @ T, vol.header, vol.path)
 
-# %% ../nbs/04_preprocess.ipynb #32d8951b
+# %% ../nbs/04_preprocess.ipynb #1f399b0b
 def dilate_flags(flags:np.ndarray, margin:int) -> np.ndarray:
     "Per-slice flags grown by `margin` slices on each side (any margin, even one longer than the volume)."
     flags = np.asarray(flags, bool)
@@ -254,6 +351,7 @@ def select_slices(tumour:np.ndarray|None, # per-slice: holds tumour (None: no tu
         keep &= area >= min_brain * max(area.max(), 1)
     return keep
 
+# %% ../nbs/04_preprocess.ipynb #1313c012
 def tumour_free_slices(seg:Volume|np.ndarray, # tumour labels (any value > 0 is tumour)
                        plane:str='axial', # which slices
                        margin:int=0, # also drop this many slices on each side of any tumour slice

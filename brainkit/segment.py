@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,54 +16,39 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .io import (LAYOUTS, PLANES, REGIONS, BrainkitError, Subject, Volume, atomic_write_bytes, check_same_grid,
-                         open_dataset, plane_axis, samples_dir)
+from .io import (LAYOUTS, PLANES, REGION_NAMES, BrainkitError, Subject, Volume, atomic_write_bytes, check_same_grid,
+                         label_regions, open_dataset, plane_axis, regions_to_labels, samples_dir)
 from .preprocess import METHODS, CropPad, Normalizer, brain_mask
-from .data import Augment, SliceCache, SliceSet, VolumeSet, make_loader, split_subjects, _item_rng, _lr_axis
-from .networks import NORMS, SegUNet
-from .losses import REGION_NAMES, dice_bce_loss, dice_per_region
-from .train import Run, fit, linear_decay, load_checkpoint, load_nets, pick_device, seed_everything
+from .data import (Augment, SliceCache, SliceSet, Slicing, VolumeSet, fit_normalizers, item_rng, lr_axis, make_loader,
+                           split_dataset)
+from .networks import NORMS, SegUNet, pick_device
+from .losses import dice_bce_loss
+from .metrics import dice_per_region
+from .train import Precision, Run, TrainConfig, fit, linear_decay, load_checkpoint, load_nets, seed_everything
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'label_regions', 'regions_to_labels', 'SegSlices', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model',
-           'predict_regions', 'inside_brain', 'evaluate_segmentation', 'train_segmentation', 'load_segmenter',
-           'segment_subject']
+__all__ = ['log', 'SegSlices', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model', 'predict_regions', 'inside_brain',
+           'evaluate_segmentation', 'train_segmentation', 'load_segmenter', 'segment_subject']
 
-# %% ../nbs/07_unet.ipynb #8692fef4
-def label_regions(seg:np.ndarray|torch.Tensor, # BraTS labels (0, 1, 2, 4), any shape
-                 ) -> np.ndarray|torch.Tensor:
-    "The nested BraTS regions WT, TC, ET of a label map, as a boolean (3, ...) stack."
-    if isinstance(seg, torch.Tensor):
-        return torch.stack([torch.isin(seg, torch.tensor(REGIONS[r], dtype=seg.dtype, device=seg.device)) for r in REGION_NAMES])
-    return np.stack([np.isin(seg, REGIONS[r]) for r in REGION_NAMES])
-
-def regions_to_labels(regions:np.ndarray, # (3, ...) boolean WT, TC, ET masks
-                     ) -> np.ndarray:
-    "BraTS labels (uint8) from WT, TC, ET masks: WT as edema 2, then TC as necrosis 1, then ET as enhancing 4."
-    regions = np.asarray(regions, bool)
-    out = np.zeros(regions.shape[1:], np.uint8)
-    for r, value in zip(regions, (2, 1, 4)): out[r] = value
-    return out
-
-# %% ../nbs/07_unet.ipynb #869b3136
+# %% ../nbs/07_unet.ipynb #e0163cbe
 class SegSlices(Dataset):
     "Slices for segmentation: input modalities (C, H, W) in [-1, 1] and tumour regions (3, H, W) as 0/1 floats."
     def __init__(self, subjects:Sequence[Subject], modalities:Sequence[str]=('t1', 't1ce', 't2', 'flair'),
-                 plane:str='axial', size=None, normalizer:Normalizer|Mapping[str, Normalizer]|None=None,
-                 min_brain:float=0.25, augment:Augment|None=None, cache:SliceCache|None=None, seed:int=0, progress:bool=True):
+                 slicing:Slicing|None=None, *, # how to cut the volumes (or give its fields as keywords)
+                 augment:Augment|None=None, cache:SliceCache|None=None, seed:int=0, progress:bool=True, **slicing_fields):
         self.modalities, self.augment, self.seed, self.epoch = list(modalities), augment, seed, 0
-        self.set = SliceSet(subjects, [*self.modalities, 'seg'], plane, size, normalizer or Normalizer(), 'all', 0,
-                            min_brain, cache, progress)
+        self.set = SliceSet(subjects, [*self.modalities, 'seg'], slicing, cache=cache, progress=progress, **slicing_fields)
     def __len__(self): return len(self.set)
     def set_epoch(self, epoch:int): self.epoch = epoch
     def __getitem__(self, j:int) -> dict:
         x, y = self.set.read(j, self.modalities), self.set.read(j, ['seg'])
         if self.augment:
-            x, _, (y,) = self.augment(_item_rng(self.seed, self.epoch, j), x, labels=[y], lr_axis=_lr_axis(self.set.plane))
+            x, _, (y,) = self.augment(item_rng(self.seed, self.epoch, j), x, labels=[y], lr_axis=lr_axis(self.set.plane))
         return {'image': torch.from_numpy(x), 'regions': torch.from_numpy(label_regions(y[0]).astype(np.float32))}
 
+# %% ../nbs/07_unet.ipynb #4b3017cc
 def pad_to_multiple(shape:Sequence[int], # array shape
                     multiple:int, # every chosen axis is padded up to a multiple of this
                     axes:Sequence[int], # the axes to pad
@@ -74,9 +59,10 @@ def pad_to_multiple(shape:Sequence[int], # array shape
 class SegVolumes(Dataset):
     "Volumes for a 3D network: modalities (C, D, H, W) and regions (3, D, H, W), whole or as random cubic patches."
     def __init__(self, subjects:Sequence[Subject], modalities:Sequence[str]=('t1', 't1ce', 't2', 'flair'),
-                 plane:str='axial', size=None, normalizer:Normalizer|Mapping[str, Normalizer]|None=None,
-                 patch:int|None=None, multiple:int=16, cache:SliceCache|None=None, seed:int=0, progress:bool=True):
-        self.vols = VolumeSet(subjects, modalities, 'seg', plane, size, normalizer, cache, progress)
+                 slicing:Slicing|None=None, *, # D runs along its plane (or give its fields as keywords)
+                 patch:int|None=None, multiple:int=16, cache:SliceCache|None=None, seed:int=0, progress:bool=True,
+                 **slicing_fields):
+        self.vols = VolumeSet(subjects, modalities, 'seg', slicing, cache=cache, progress=progress, **slicing_fields)
         self.patch, self.multiple, self.seed, self.epoch = patch, multiple, seed, 0
         if patch is not None and patch % multiple:
             raise ValueError(f"patch {patch} must be a multiple of {multiple} (2**depth of the network)")
@@ -88,7 +74,7 @@ class SegVolumes(Dataset):
         if self.patch is None:
             cp = pad_to_multiple(y.shape, self.multiple, (0, 1, 2))
         else:
-            rng = _item_rng(self.seed, self.epoch, k)
+            rng = item_rng(self.seed, self.epoch, k)
             cp = CropPad(y.shape, tuple((a, self.patch) for a in range(3)))       # centred crop/pad, then a random shift
             shift = [int(rng.integers(-(max(n - self.patch, 0) // 2), max(n - self.patch, 0) - max(n - self.patch, 0) // 2 + 1))
                      for n in y.shape]
@@ -100,8 +86,9 @@ class SegVolumes(Dataset):
 
 # %% ../nbs/07_unet.ipynb #095e03d7
 @dataclass
-class SegConfig:
+class SegConfig(TrainConfig):
     "Every setting of a segmentation training run."
+    what = 'segmentation'
     data: str|None = None # BraTS-layout dataset folder (None: the bundled BraTS-like samples)
     dataset: str = 'auto' # the folder's layout, one of brainkit.io.LAYOUTS, or 'auto'
     modalities: tuple = ('t1', 't1ce', 't2', 'flair') # input channels
@@ -113,24 +100,25 @@ class SegConfig:
     depth: int = 4 # U-Net poolings
     norm: str = 'instance' # 'instance', 'batch' or 'none'
     deep_supervision: bool = False # extra losses at coarser decoder levels
-    normalization: str = 'zscore' # intensity normalization: 'zscore', 'percentile' or 'nyul'
-    epochs: int = 5 # epochs at the full learning rate
-    epochs_decay: int = 1 # then epochs of linear decay to 0
-    batch_size: int = 16
-    lr: float = 3e-3 # Adam's learning rate
+    normalization: str = 'zscore' # intensity normalization, one of brainkit.preprocess.METHODS
     bce_weight: float = 1.0 # loss = soft Dice + bce_weight * BCE
     split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
     min_brain: float = 0.25 # 2D: train on slices with at least this fraction of the largest brain area
     augment: bool = True # random flips, rotations, scalings and intensity jitter
-    seed: int = 0
-    workers: int = 0 # DataLoader worker processes
-    device: str = 'auto' # 'auto', 'cpu', 'cuda', 'mps'
-    save_every: int = 1 # checkpoint every this many epochs (and at the end)
+    epochs: int = 5 # epochs at the full learning rate
+    epochs_decay: int = 1 # then epochs of linear decay to 0
+    batch_size: int = 16
+    lr: float = 3e-3 # Adam's learning rate
+    beta1: float = 0.9 # Adam's beta1 (PyTorch's default)
+    sample_every: int = 0 # sample grid PNG (image, predicted and true WT) every this many iterations (0: never)
 
     def __post_init__(self):
-        "Refuse impossible settings before anything is read or built."
-        self.modalities, self.split = tuple(self.modalities), tuple(float(f) for f in self.split)
+        self.split = tuple(float(f) for f in self.split)
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        "Impossible settings, refused before anything is read or built."
         m = 2 ** self.depth
         checks = [
             (self.dims in (2, 3), f"dims must be 2 or 3, not {self.dims!r}"),
@@ -143,19 +131,12 @@ class SegConfig:
              f"patch {self.patch} needs dims 3 and a multiple of 2**depth = {m}"),
             (len(self.split) == 3 and min(self.split) >= 0 and abs(sum(self.split) - 1) < 1e-6,
              f"split must be three non-negative fractions (train, val, test) that sum to 1, not {self.split}"),
-            (self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay >= 1, "train for at least one epoch"),
-            (self.batch_size >= 1 and self.save_every >= 1 and self.workers >= 0 and self.base >= 1,
-             "batch_size, save_every and base must be at least 1, workers at least 0"),
-            (self.lr > 0, f"lr must be positive, not {self.lr}")]
-        if bad := [msg for ok, msg in checks if not ok]: raise ValueError('; '.join(bad))
+            (self.base >= 1, "base must be at least 1")]
+        return super().problems() + [msg for ok, msg in checks if not ok]
 
-    @classmethod
-    def from_dict(cls, d:Mapping) -> SegConfig:
-        "A config from plain data, refusing unknown keys."
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise ValueError(f"unknown segmentation setting(s) {unknown}: the settings are {sorted(known)}")
-        return cls(**d)
+    def slicing(self, normalizers:Mapping[str, Normalizer]|None=None) -> Slicing:
+        "How this run cuts its volumes (validation volumes keep their whole grid: size None)."
+        return Slicing(self.plane, self.size, None, normalizers, self.min_brain)
 
 def build_model(cfg:SegConfig) -> SegUNet:
     "The segmentation U-Net a config describes (seeded by the caller)."
@@ -185,16 +166,11 @@ def predict_regions(model:SegUNet, # a trained segmentation U-Net
         return np.stack([cp.invert(c, 0) for c in out.numpy()])
     finally: model.train(was_training)
 
-# %% ../nbs/07_unet.ipynb #244f6416
+# %% ../nbs/07_unet.ipynb #48de9456
 def inside_brain(image:np.ndarray, # (C, ...) normalized modalities, background -1
                 ) -> np.ndarray:
     "Where any modality is above the background value -1: predictions outside are dropped, in evaluation and prediction alike."
     return (image > -1).any(0)
-
-def _normalizers(cfg:SegConfig, train:Sequence[Subject]) -> dict[str, Normalizer]:
-    "One normalizer per input modality (Nyul ones fitted on the training subjects)."
-    return {m: Normalizer(cfg.normalization).fit(s[m] for s in train) if cfg.normalization == 'nyul' else Normalizer(cfg.normalization)
-            for m in cfg.modalities}
 
 def evaluate_segmentation(model:SegUNet, volumes:SegVolumes|VolumeSet, batch_size:int=16) -> list[dict]:
     "Dice per region (BraTS's rule for empty regions) of each subject of `volumes`."
@@ -212,6 +188,27 @@ def evaluate_segmentation(model:SegUNet, volumes:SegVolumes|VolumeSet, batch_siz
 def _mean_dice(rows:list[dict]) -> dict:
     return {r: float(np.mean([row[r] for row in rows])) for r in REGION_NAMES} if rows else {}
 
+# %% ../nbs/07_unet.ipynb #0ddbb7e3
+def _seg_step(model:SegUNet, opt:torch.optim.Optimizer, prec:Precision, cfg:SegConfig, device:torch.device, visuals:dict):
+    "The update step of a segmentation run; it keeps the latest batch's images in `visuals`."
+    weights = [1.0] + [0.5 ** k for k in range(1, cfg.depth)] if cfg.deep_supervision else [1.0]
+    pool = F.adaptive_max_pool2d if cfg.dims == 2 else F.adaptive_max_pool3d
+    def step(batch):
+        x, t = batch['image'].to(device, non_blocking=True), batch['regions'].to(device, non_blocking=True)
+        with prec.autocast():
+            out = model(x)
+            outs = out if isinstance(out, list) else [out]
+            # coarser outputs are scored against max-pooled targets, so thin regions (an enhancing rim) do not vanish
+            loss = sum(w * dice_bce_loss(o.float(), t if o.shape == t.shape else pool(t, o.shape[2:]), cfg.bce_weight)
+                       for w, o in zip(weights, outs)) / sum(weights[:len(outs)])
+        opt.zero_grad(set_to_none=True); prec.step(loss, opt, 'unet')
+        mid = (lambda a: a[:, :1]) if cfg.dims == 2 else (lambda a: a[:, :1, a.shape[2] // 2])   # a 3D batch: its middle slice
+        visuals.update({'image': mid(x).detach(), 'WT predicted': mid(torch.sigmoid(outs[0].detach().float())) * 2 - 1,
+                        'WT true': mid(t) * 2 - 1})
+        return {'loss': loss.item()}
+    return step
+
+# %% ../nbs/07_unet.ipynb #b9154d70
 def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
                        out_dir:str|Path, # checkpoint.pt, config.json, history.csv/json, iterations.csv, metrics.json
                        resume:bool=True, # continue a run whose folder holds a checkpoint
@@ -223,41 +220,27 @@ def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    ds = open_dataset(cfg.data or samples_dir('brats'), cfg.dataset)
-    parts = split_subjects([s.id for s in ds], cfg.split, cfg.seed, cfg.split_file)
-    train_s, val_s = [[s for s in ds if s.id in set(parts.get(p, []))] for p in ('train', 'val')]
-    if not train_s: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
-    norms = _normalizers(cfg, train_s)
+    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.seed, cfg.split_file)
+    norms = fit_normalizers(cfg.normalization, cfg.modalities, train_s)
     augment = Augment() if cfg.augment else None
-    if cfg.dims == 2:
-        train_ds = SegSlices(train_s, cfg.modalities, cfg.plane, cfg.size, norms, cfg.min_brain, augment, cache, cfg.seed, progress)
-    else:
-        train_ds = SegVolumes(train_s, cfg.modalities, cfg.plane, cfg.size, norms, cfg.patch, 2 ** cfg.depth, cache, cfg.seed, progress)
+    if cfg.dims == 2: train_ds = SegSlices(train_s, cfg.modalities, cfg.slicing(norms), augment=augment, cache=cache, seed=cfg.seed, progress=progress)
+    else: train_ds = SegVolumes(train_s, cfg.modalities, cfg.slicing(norms), patch=cfg.patch, multiple=2 ** cfg.depth, cache=cache,
+                                seed=cfg.seed, progress=progress)
     # validation volumes keep their whole grid (no crop to `size`): their Dice is the Dice of what `predict` writes
-    val_ds = VolumeSet(val_s, cfg.modalities, 'seg', cfg.plane, None, norms, cache, progress) if val_s else None
-    loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, True, cfg.seed, cfg.workers, device)
+    val_ds = VolumeSet(val_s, cfg.modalities, 'seg', Slicing.of(cfg.slicing(norms), size=None), cache=cache, progress=progress) if val_s else None
+    loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device)
     model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    prec, visuals = Precision(cfg.amp, device), {}
     meta = {'modalities': list(cfg.modalities), 'plane': cfg.plane, 'dims': cfg.dims, 'size': cfg.size,
             'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'regions': list(REGION_NAMES),
             'split': {k: list(v) for k, v in parts.items()}}
     run = Run(out_dir, 'segment', asdict(cfg), {'unet': model}, {'unet': opt}, {'unet': linear_decay(opt, cfg.epochs, cfg.epochs_decay)},
-              meta=meta)
-    weights = [1.0] + [0.5 ** k for k in range(1, cfg.depth)] if cfg.deep_supervision else [1.0]
-    pool = F.adaptive_max_pool2d if cfg.dims == 2 else F.adaptive_max_pool3d
-
-    def step(batch):
-        x, t = batch['image'].to(device, non_blocking=True), batch['regions'].to(device, non_blocking=True)
-        out = model(x)
-        outs = out if isinstance(out, list) else [out]
-        # coarser outputs are scored against max-pooled targets, so thin regions (an enhancing rim) do not vanish
-        loss = sum(w * dice_bce_loss(o, t if o.shape == t.shape else pool(t, o.shape[2:]), cfg.bce_weight)
-                   for w, o in zip(weights, outs)) / sum(weights[:len(outs)])
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        return {'loss': loss.item()}
-
+              {'precision': prec}, meta)
     validate = (lambda: {f'val_{k}': v for k, v in _mean_dice(evaluate_segmentation(model, val_ds, cfg.batch_size)).items()}) if val_ds else None
-    fit(run, loader, step, cfg.epochs + cfg.epochs_decay, cfg.save_every, validate, cfg.seed, resume, progress)
+    fit(run, loader, _seg_step(model, opt, prec, cfg, device, visuals), cfg.epochs + cfg.epochs_decay, save_every=cfg.save_every,
+        validate=validate, seed=cfg.seed, resume=resume, progress=progress, visuals=lambda: visuals,
+        sample_every=cfg.sample_every, tensorboard=cfg.tensorboard)
     per_subject = evaluate_segmentation(model, val_ds, cfg.batch_size) if val_ds else []
     metrics = {'kind': 'segment', 'epochs': run.epoch, 'final_loss': run.history[-1]['loss'],
                'val_dice': _mean_dice(per_subject), 'val_subjects': per_subject, 'history': run.history,

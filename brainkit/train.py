@@ -14,9 +14,10 @@ import pickle
 import random
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -25,33 +26,20 @@ from torch import nn
 
 from . import __version__
 from .io import BrainkitError, MissingFileError, atomic_write_bytes
-from .networks import sync_norm
+from .networks import pick_device, sync_norm
+from .viz import radiological
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMAT', 'MUTABLE', 'AMP', 'seed_everything', 'pick_device', 'linear_decay', 'CheckpointError', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_nets', 'Run', 'Precision', 'Dist',
-           'init_distributed', 'distributed_sampler', 'wrap_ddp', 'save_grid', 'fit', 'prepare_out_dir', 'TrainConfig']
+__all__ = ['log', 'FORMAT', 'MUTABLE', 'AMP', 'seed_everything', 'linear_decay', 'CheckpointError', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'load_nets', 'Run', 'Precision', 'Dist', 'init_distributed',
+           'distributed_sampler', 'wrap_ddp', 'save_grid', 'fit', 'prepare_out_dir', 'TrainConfig']
 
 # %% ../nbs/06_train.ipynb #d947860c
 def seed_everything(seed:int=0):
     "Seed Python's, NumPy's and torch's (CPU and CUDA) global random generators."
     random.seed(seed); np.random.seed(seed % 2 ** 32); torch.manual_seed(seed)
-
-def pick_device(device:str|torch.device='auto') -> torch.device:
-    "`'auto'`: cuda if available, then mps, then cpu; anything else is checked to exist."
-    if str(device) == 'auto':
-        if torch.cuda.is_available(): return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
-        return torch.device('cpu')
-    try: dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise BrainkitError(None, f"device {str(device)!r} is not a device name", "use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise BrainkitError(None, f"device {str(device)!r} was asked for, but this torch has no usable CUDA GPU",
-                            "use device='auto' or 'cpu', or install a CUDA build of torch on a GPU machine")
-    return dev
 
 # %% ../nbs/06_train.ipynb #0b29e0c7
 def linear_decay(optimizer:torch.optim.Optimizer,
@@ -141,11 +129,32 @@ def load_nets(ck:dict, nets:Mapping[str, nn.Module], path=None):
                                   f"({str(e).splitlines()[1].strip()[:200] if len(str(e).splitlines()) > 1 else e})",
                                   "build the network with the checkpoint's settings, or train a new one") from None
 
-# %% ../nbs/06_train.ipynb #e1b70ef3
+# %% ../nbs/06_train.ipynb #ce878bb3
 def _jsonable(d): return json.loads(json.dumps(d, default=str))
 
 MUTABLE = ('epochs', 'epochs_decay', 'save_every', 'sample_every', 'workers', 'device', 'amp', 'tensorboard')
 
+def _refuse_other_run(ck:dict, kind:str, config:dict, mutable:Sequence[str], path:Path):
+    "Refuse to resume from a checkpoint of another model, or of the same model with other settings."
+    if ck.get('kind') != kind:
+        raise CheckpointError(path, f"belongs to a {ck.get('kind')!r} run, not a {kind!r} one",
+                              f"train this {kind} run into another folder (out_dir, --out)")
+    changed = {k: (ck['config'].get(k), v) for k, v in _jsonable(config).items()
+               if k not in mutable and k in ck['config'] and ck['config'][k] != v}
+    if changed:
+        raise CheckpointError(path, "was trained with other settings: " + ', '.join(
+            f"{k} {a!r} there, {b!r} now" for k, (a, b) in changed.items()),
+            "resume with the run's own settings (its config.json; only " + ', '.join(mutable)
+            + " may change), or train into a new output folder")
+
+def _load_states(objs:Mapping, states:Mapping, what:str, path:Path):
+    "Restore each object of `objs` from the checkpoint's `states` of the same name."
+    for k, obj in objs.items():
+        if k in states: obj.load_state_dict(states[k])
+        elif not getattr(obj, 'state_optional', False):      # (an optional state, e.g. loss scalers, starts afresh)
+            raise CheckpointError(path, f"has no state for {what} {k!r}", "give a checkpoint of the same model")
+
+# %% ../nbs/06_train.ipynb #f64961ed
 @dataclass
 class Run:
     "One training run: its folder, kind and config, and the stateful objects a checkpoint saves and restores."
@@ -188,33 +197,14 @@ class Run:
         "Restore every state from a checkpoint (default: this run's); in a distributed run, this process's own."
         path = Path(path or self.checkpoint)
         ck = load_checkpoint(path)
-        if ck.get('kind') != self.kind:
-            raise CheckpointError(path, f"belongs to a {ck.get('kind')!r} run, not a {self.kind!r} one",
-                                  f"train this {self.kind} run into another folder (out_dir, --out)")
-        load_nets(ck, self.nets, path)                 # another architecture: the most specific error first
-        changed = {k: (ck['config'].get(k), v) for k, v in _jsonable(self.config).items()
-                   if k not in self.mutable and k in ck['config'] and ck['config'][k] != v}
-        if changed:
-            raise CheckpointError(path, "was trained with other settings: " + ', '.join(
-                f"{k} {a!r} there, {b!r} now" for k, (a, b) in changed.items()),
-                "resume with the run's own settings (its config.json; only " + ', '.join(self.mutable)
-                + " may change), or train into a new output folder")
-        for attr in ('optims', 'scheds', 'extras'):
-            for k, obj in getattr(self, attr).items():
-                if k not in ck[attr]: raise CheckpointError(path, f"has no state for {attr[:-1]} {k!r}", "give a checkpoint of the same model")
-                obj.load_state_dict(ck[attr][k])
+        if ck.get('kind') == self.kind: load_nets(ck, self.nets, path)   # another architecture: the most specific error first
+        _refuse_other_run(ck, self.kind, self.config, self.mutable, path)
+        for attr in ('optims', 'scheds', 'extras'): _load_states(getattr(self, attr), ck[attr], attr[:-1], path)
         for s in self.scheds.values():                  # the schedule may have been extended: its rate now, not then
             if hasattr(s, 'lr_lambdas'):
                 for g, f, base in zip(s.optimizer.param_groups, s.lr_lambdas, s.base_lrs): g['lr'] = base * f(s.last_epoch)
         set_rng_state(ck['rng'])
-        d = dist or Dist()
-        if d.on and len(ck.get('ranks') or []) == d.world:          # each process continues its own random states and pools
-            mine = ck['ranks'][d.rank]
-            for k, obj in self.extras.items(): obj.load_state_dict(mine['extras'][k])
-            set_rng_state(mine['rng'])
-        elif d.on:
-            log.warning("%s: saved by %d process(es), resumed by %d: every process continues from process 0's random "
-                        "states and image pools (not an exact continuation)", path, len(ck.get('ranks') or [1]), d.world)
+        _restore_rank(self, ck, path, dist or Dist())
         self.epoch, self.iteration, self.history = ck['epoch'], ck['iteration'], list(ck['history'])
         return self
 
@@ -247,6 +237,7 @@ def _trim_iterations(out_dir:Path, iteration:int):
         keep = [l for l in lines if keep_line(l)]
         if len(keep) != len(lines): atomic_write_bytes(jpath, ''.join(l + '\n' for l in keep).encode())
 
+# %% ../nbs/06_train.ipynb #718ea89e
 class _IterLog:
     "Appends one row per iteration to iterations.csv (header on first write) and iterations.jsonl."
     def __init__(self, out_dir:Path): self.path, self.jpath, self.f, self.jf, self.keys = out_dir/'iterations.csv', out_dir/'iterations.jsonl', None, None, None
@@ -270,6 +261,7 @@ class Precision:
     "Mixed precision on CUDA (bf16, or fp16 with loss scaling); float32 anywhere else."
     def __init__(self, amp:str='none', # 'none', 'bf16' or 'fp16'
                  device:str|torch.device='cpu'):
+        self.state_optional = True      # a checkpoint without loss scalers (float32 training) starts them afresh
         if amp not in AMP: raise ValueError(f"amp must be one of {', '.join(AMP)}, not {amp!r}")
         self.device = torch.device(device)
         if amp != 'none' and self.device.type != 'cuda':
@@ -342,7 +334,7 @@ def save_grid(path:str|Path, # the PNG to write
               visuals:Mapping[str, torch.Tensor], # name -> images (N, C, H, W) in [-1, 1]
               rows:int=4, # at most this many examples
               title:str|None=None) -> Path:
-    "Write `visuals` as one grayscale PNG grid: a column per name, a row per example."
+    "Write `visuals` as one grayscale PNG grid: a column per name, a row per example, in the radiological convention."
     from matplotlib.figure import Figure
     ims = {k: v.detach().float().cpu()[:rows, 0].clamp(-1, 1).numpy() for k, v in visuals.items()}
     n = min(len(v) for v in ims.values())
@@ -350,14 +342,14 @@ def save_grid(path:str|Path, # the PNG to write
     axes = fig.subplots(n, len(ims), squeeze=False)
     for c, (k, v) in enumerate(ims.items()):
         for r in range(n):
-            ax = axes[r][c]; ax.imshow(v[r].T, cmap='gray', vmin=-1, vmax=1, origin='lower'); ax.axis('off')
+            ax = axes[r][c]; ax.imshow(radiological(v[r]), cmap='gray', vmin=-1, vmax=1); ax.axis('off')   # as every slice figure
             if r == 0: ax.set_title(k, fontsize=9)
     fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()) if title else None)
     if title: fig.suptitle(title, fontsize=9, y=0.995, va='top')
     buf = io.BytesIO(); fig.savefig(buf, format='png')
     return atomic_write_bytes(path, buf.getvalue())
 
-# %% ../nbs/06_train.ipynb #9b41abe8
+# %% ../nbs/06_train.ipynb #d6f3a482
 def _reseed_data(loader, seed:int, epoch:int):
     "Make an epoch's data order and augmentation depend only on (seed, epoch)."
     g = getattr(loader, 'generator', None)
@@ -372,6 +364,7 @@ def _tensorboard(out_dir:Path):
                     "logging to CSV/JSON only"); return None
     return SummaryWriter(str(out_dir/'tb'))
 
+# %% ../nbs/06_train.ipynb #b11d83d7
 def _rank_states(run:Run, d:Dist) -> list|None:
     "Every process's random states and extras (image pools differ per process), gathered for rank 0's checkpoint."
     if not d.on: return None
@@ -380,6 +373,16 @@ def _rank_states(run:Run, d:Dist) -> list|None:
     tdist.all_gather_object(out, {'rng': rng_state(), 'extras': {k: e.state_dict() for k, e in run.extras.items()}})
     return out
 
+def _restore_rank(run:Run, ck:dict, path:Path, d:Dist):
+    "In a distributed run, this process's own random states and extras, from the checkpoint's per-process states."
+    if d.on and len(ck.get('ranks') or []) == d.world:          # each process continues its own random states and pools
+        mine = ck['ranks'][d.rank]
+        for k, obj in run.extras.items(): obj.load_state_dict(mine['extras'][k])
+        set_rng_state(mine['rng'])
+    elif d.on:
+        log.warning("%s: saved by %d process(es), resumed by %d: every process continues from process 0's random "
+                    "states and image pools (not an exact continuation)", path, len(ck.get('ranks') or [1]), d.world)
+
 def _mean_over_processes(sums:dict, count:int, d:Dist) -> dict:
     if not d.on: return {k: v / count for k, v in sums.items()}
     import torch.distributed as tdist
@@ -387,11 +390,52 @@ def _mean_over_processes(sums:dict, count:int, d:Dist) -> dict:
     tdist.all_reduce(t)
     return {k: float(v) / float(t[-1]) for k, v in zip(sums, t[:-1])}
 
+# %% ../nbs/06_train.ipynb #9c9cf9bf
+def _open_run(run:Run, resume:bool, d:Dist, tensorboard:bool) -> tuple:
+    "Resume `run` from its checkpoint if asked (and there is one); open its logs on rank 0: (iteration log, TensorBoard)."
+    if d.main: run.out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and run.checkpoint.is_file():
+        run.load(dist=d)
+        if d.main: log.info("%s: resumed after epoch %d", run.checkpoint, run.epoch)
+    elif run.checkpoint.is_file():
+        raise CheckpointError(run.checkpoint, "exists already and resuming is off (resume=False, --no-resume): training would overwrite that run",
+                              "resume it (resume=True), or choose another output folder")
+    if not d.main: return None, None
+    _trim_iterations(run.out_dir, run.iteration)
+    if run.epoch == 0:
+        for f in ('iterations.csv', 'iterations.jsonl'): (run.out_dir/f).unlink(missing_ok=True)
+    return _IterLog(run.out_dir), (_tensorboard(run.out_dir) if tensorboard else None)
+
+# %% ../nbs/06_train.ipynb #26d9e20f
+def _epoch(run:Run, loader, step:Callable, epoch:int, epochs:int, d:Dist, show:bool, it_log, tb, visuals, sample_every:int) -> dict:
+    "Train one epoch; returns its row of the history (mean losses, learning rate, seconds)."
+    from tqdm.auto import tqdm
+    for n in run.nets.values(): n.train()
+    sums, count, t0 = {}, 0, time.perf_counter()
+    lr = next(iter(run.optims.values())).param_groups[0]['lr'] if run.optims else None   # the rate this epoch uses
+    bar = tqdm(loader, desc=f'epoch {epoch + 1}/{epochs}', disable=not show, leave=False)
+    for batch in bar:
+        losses = {k: float(v) for k, v in step(batch).items()}
+        run.iteration += 1; count += 1
+        for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + v
+        if not d.main: continue
+        it_log.write({'epoch': epoch + 1, 'iteration': run.iteration, **losses})
+        if tb: [tb.add_scalar(f'iter/{k}', v, run.iteration) for k, v in losses.items()]
+        bar.set_postfix({k: f'{v:.3g}' for k, v in losses.items()}, refresh=False)
+        if visuals is not None and sample_every and run.iteration % sample_every == 0:
+            save_grid(run.out_dir/'samples'/f'iter_{run.iteration:07d}.png', visuals(),
+                      title=f'{run.kind}: epoch {epoch + 1}, iteration {run.iteration}')
+    if count == 0:
+        raise BrainkitError(None, "the training loader yielded no batch", "check the dataset and batch size (drop_last?)")
+    for s in run.scheds.values(): s.step()
+    return {'epoch': epoch + 1, **_mean_over_processes(sums, count, d), 'lr': lr, 'seconds': round(time.perf_counter() - t0, 3)}
+
+# %% ../nbs/06_train.ipynb #a1055112
 def fit(run:Run, # the run: its folder and stateful objects
         loader:Iterable, # the training batches (a DataLoader from `brainkit.data.make_loader`)
         step:Callable[[object], Mapping[str, float]], # one update on a batch; returns its losses
         epochs:int, # total epochs (a resumed run continues up to this number)
-        save_every:int=1, # write a checkpoint every this many epochs (and always at the end)
+        *, save_every:int=1, # write a checkpoint every this many epochs (and always at the end)
         validate:Callable[[], Mapping[str, float]]|None=None, # evaluation after each epoch (rank 0); its numbers join the history
         seed:int=0, # the data order of epoch e depends on (seed, e) only
         resume:bool=True, # continue from the folder's checkpoint if there is one
@@ -404,44 +448,13 @@ def fit(run:Run, # the run: its folder and stateful objects
     "Train `run` for `epochs` epochs with `step`, resuming from its checkpoint; returns the history (one dict per epoch)."
     from tqdm.auto import tqdm
     d = dist or Dist()
-    if d.main: run.out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and run.checkpoint.is_file():
-        run.load(dist=d)
-        if d.main: log.info("%s: resumed after epoch %d", run.checkpoint, run.epoch)
-    elif run.checkpoint.is_file():
-        raise CheckpointError(run.checkpoint, "exists already and resuming is off (resume=False, --no-resume): training would overwrite that run",
-                              "resume it (resume=True), or choose another output folder")
-    it_log, tb, show = None, None, progress and d.main
-    if d.main:
-        _trim_iterations(run.out_dir, run.iteration)
-        if run.epoch == 0:
-            for f in ('iterations.csv', 'iterations.jsonl'): (run.out_dir/f).unlink(missing_ok=True)
-        it_log = _IterLog(run.out_dir)
-        tb = _tensorboard(run.out_dir) if tensorboard else None
+    show = progress and d.main
+    it_log, tb = _open_run(run, resume, d, tensorboard)
     try:
         for epoch in tqdm(range(run.epoch, epochs), desc=f'{run.kind} epochs', initial=run.epoch, total=epochs,
                           disable=not show, leave=True):
             _reseed_data(loader, seed, epoch)
-            for n in run.nets.values(): n.train()
-            sums, count, t0 = {}, 0, time.perf_counter()
-            lr = next(iter(run.optims.values())).param_groups[0]['lr'] if run.optims else None   # the rate this epoch uses
-            bar = tqdm(loader, desc=f'epoch {epoch + 1}/{epochs}', disable=not show, leave=False)
-            for batch in bar:
-                losses = {k: float(v) for k, v in step(batch).items()}
-                run.iteration += 1; count += 1
-                for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + v
-                if not d.main: continue
-                it_log.write({'epoch': epoch + 1, 'iteration': run.iteration, **losses})
-                if tb: [tb.add_scalar(f'iter/{k}', v, run.iteration) for k, v in losses.items()]
-                bar.set_postfix({k: f'{v:.3g}' for k, v in losses.items()}, refresh=False)
-                if visuals is not None and sample_every and run.iteration % sample_every == 0:
-                    save_grid(run.out_dir/'samples'/f'iter_{run.iteration:07d}.png', visuals(),
-                              title=f'{run.kind}: epoch {epoch + 1}, iteration {run.iteration}')
-            if count == 0:
-                raise BrainkitError(None, "the training loader yielded no batch", "check the dataset and batch size (drop_last?)")
-            for s in run.scheds.values(): s.step()
-            row = {'epoch': epoch + 1, **_mean_over_processes(sums, count, d), 'lr': lr,
-                   'seconds': round(time.perf_counter() - t0, 3)}
+            row = _epoch(run, loader, step, epoch, epochs, d, show, it_log, tb, visuals, sample_every)
             if validate is not None and d.main:
                 for n in run.nets.values(): n.eval()
                 with torch.no_grad(): row.update({k: float(v) for k, v in validate().items()})
@@ -479,7 +492,8 @@ def prepare_out_dir(out_dir:str|Path, # the experiment's output folder
 # %% ../nbs/06_train.ipynb #91c4cced
 @dataclass
 class TrainConfig:
-    "Training settings every translation model has (the reference's defaults, except the quick run's sizes)."
+    "Training settings every model has (the reference's defaults, except the quick run's sizes)."
+    what: ClassVar[str|None] = None # how messages name this config (None: its class name)
     epochs: int = 4 # epochs at the initial learning rate (reference: n_epochs 100)
     epochs_decay: int = 2 # then epochs of linear decay to 0 (reference: n_epochs_decay 100)
     batch_size: int = 4 # per process (the global batch is batch_size x processes)
@@ -497,7 +511,8 @@ class TrainConfig:
         "What is wrong with these settings (empty: nothing)."
         checks = [(self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay >= 1, "train for at least one epoch"),
                   (self.batch_size >= 1 and self.save_every >= 1, "batch_size and save_every must be at least 1"),
-                  (self.workers >= 0 and self.sample_every >= 0, "workers and sample_every must be at least 0"),
+                  (self.workers >= 0, "give workers at least 0 (DataLoader worker processes; 0: load in the main process)"),
+                  (self.sample_every >= 0, "sample_every must be at least 0"),
                   (self.lr > 0 and 0 <= self.beta1 < 1, f"lr must be positive and beta1 in [0, 1), not {self.lr}, {self.beta1}"),
                   (self.amp in AMP, f"amp must be one of {', '.join(AMP)}, not {self.amp!r}")]
         return [msg for ok, msg in checks if not ok]
@@ -512,5 +527,5 @@ class TrainConfig:
         "A config from plain data (a checkpoint's, a JSON file's), refusing unknown keys."
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
-            raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}: the settings are {sorted(known)}")
+            raise ValueError(f"unknown {cls.what or cls.__name__} setting(s) {unknown}: the settings are {sorted(known)}")
         return cls(**d)

@@ -5,56 +5,58 @@
 # %% ../nbs/11_translate.ipynb #60b207c9
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .io import (BrainkitError, Volume, check_same_grid, is_nifti_path, load_volume, open_dataset, plane_axis,
-                         save_volume)
+from . import __version__
+from .io import (LAYOUTS, BrainkitError, DatasetScanError, Subject, Volume, atomic_write_bytes, check_same_grid,
+                         is_nifti_path, load_volume, open_dataset, plane_axis, save_volume)
 from .preprocess import CropPad, Normalizer, brain_mask, resample
-from .networks import generator, unet_levels
-from .pix2pix import translate_batch
-from .train import CheckpointError, load_checkpoint, load_nets, pick_device
+from .networks import generator, generator_spec, pick_device
+from .train import CheckpointError, load_checkpoint, load_nets
+from .gan import translate_batch, upgrade_meta
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'load_translator', 'size_multiple', 'translate_slices', 'translate_volume', 'translate_path']
+__all__ = ['log', 'load_translator', 'translate_slices', 'translate_volume', 'provenance', 'sidecar_path', 'save_translation',
+           'translate_path']
 
 # %% ../nbs/11_translate.ipynb #b6589a48
-def load_translator(checkpoint:str|Path, # a pix2pix or cyclegan run's checkpoint.pt (or its folder)
-                    direction:str='AtoB', # 'AtoB', or 'BtoA' for CycleGAN's second generator
+def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or its folder)
+                    direction:str='AtoB', # which generator: 'AtoB', or e.g. 'BtoA' for CycleGAN's second one
                     device:str|torch.device='auto',
                    ) -> tuple[nn.Module, dict]:
     "A trained generator in eval mode, and what applying it needs: source modalities, target, plane, normalizations."
     ck = load_checkpoint(checkpoint)
-    meta = ck['meta']
-    if ck.get('kind') not in ('pix2pix', 'cyclegan') or 'generators' not in meta:
+    meta = upgrade_meta(ck['meta'])
+    if 'directions' not in meta:
         raise CheckpointError(checkpoint, f"is a {ck.get('kind')!r} checkpoint, not a translation model",
-                              "give the checkpoint of a pix2pix or cyclegan run")
-    if direction not in meta['generators']:
-        raise CheckpointError(checkpoint, f"has no {direction!r} direction (it has {', '.join(meta['generators'])})",
-                              "use --direction " + ' or '.join(meta['generators']))
-    name = meta['generators'][direction]
-    G = generator(**{k: v for k, v in ck['specs'][name].items() if k != 'kind'})
-    load_nets(ck, {name: G}, checkpoint)
-    if meta['model'] == 'cyclegan':                      # one modality per domain
-        a, b = meta['sources'][0], meta['target']
-        src, tgt, norms = ((a, b, {a: meta['normalizers']['A']}) if direction == 'AtoB' else (b, a, {b: meta['normalizers']['B']}))
-        sources = [src]
-    else: sources, tgt, norms = meta['sources'], meta['target'], meta['normalizers']
-    info = {'model': meta['model'], 'direction': direction, 'sources': list(sources), 'target': tgt, 'plane': meta['plane'],
-            'size': meta['size'], 'spacing': meta.get('spacing'), 'normalizers': {m: norms[m] for m in sources},
-            'network': ck['specs'][name], 'checkpoint': str(checkpoint), 'epoch': ck['epoch']}
+                              "give the checkpoint of a translation run (brainkit train pix2pix|cyclegan|...)")
+    if direction not in meta['directions']:
+        raise CheckpointError(checkpoint, f"has no {direction!r} direction (it has {', '.join(meta['directions'])})",
+                              "use --direction " + ' or '.join(meta['directions']))
+    d = meta['directions'][direction]
+    spec = (ck.get('specs') or {}).get(d['net'])
+    if not spec or spec.get('kind') != 'generator':
+        raise CheckpointError(checkpoint, f"its network {d['net']!r} was not built by brainkit.networks.generator, so it "
+                              "cannot be rebuilt from the checkpoint alone", "build translation generators with brainkit.networks.generator")
+    G = generator(**{k: v for k, v in spec.items() if k != 'kind'})
+    load_nets(ck, {d['net']: G}, checkpoint)
+    info = {'model': ck['kind'], 'direction': direction, 'sources': list(d['sources']), 'target': d['target'],
+            'plane': meta['plane'], 'size': meta['size'], 'spacing': meta.get('spacing'), 'normalizers': d['normalizers'],
+            'network': ck['specs'][d['net']], 'checkpoint': str(checkpoint), 'epoch': ck['epoch']}
     return G.to(pick_device(device)).eval(), info
-
-def size_multiple(spec:Mapping) -> int:
-    "The in-plane sizes a generator takes are multiples of this (U-Net: 2**levels; ResNet: 4)."
-    return 2 ** unet_levels(int(spec['name'][5:])) if spec['name'].startswith('unet') else 4
 
 # %% ../nbs/11_translate.ipynb #dbc8d216
 @torch.inference_mode()
@@ -62,10 +64,10 @@ def translate_slices(G:nn.Module, # a generator in eval mode
                      x:torch.Tensor|np.ndarray, # normalized slices (D, C, H, W)
                      batch_size:int=8, # slices per forward pass (8: as fast as one at a time on a CPU, and enough to fill a GPU at 240²)
                      progress:bool=False) -> np.ndarray:
-    "G's output (D, 1, H, W) for every slice, computed in batches under inference mode (chapter 09's `translate_batch`)."
+    "G's output (D, 1, H, W) for every slice, computed in batches under inference mode (chapter 08's `translate_batch`)."
     return translate_batch(G, torch.as_tensor(x, dtype=torch.float32), batch_size, progress).numpy()
 
-# %% ../nbs/11_translate.ipynb #f1297667
+# %% ../nbs/11_translate.ipynb #e9652dba
 def _unresample(data:np.ndarray, shape:Sequence[int], ratio:Sequence[float]) -> np.ndarray:
     "Linear interpolation from a `resample`d grid back onto the original grid of `shape` (the exact inverse mapping)."
     for ax in range(3):
@@ -76,6 +78,33 @@ def _unresample(data:np.ndarray, shape:Sequence[int], ratio:Sequence[float]) -> 
         data = np.take(data, i0, axis=ax) * (1 - w) + np.take(data, i1, axis=ax) * w
     return data
 
+# %% ../nbs/11_translate.ipynb #b9e1b50d
+def _inputs(info:dict, images:Mapping[str, Volume]|Volume) -> list[Volume]:
+    "The model's input volumes, in its order, checked: every source there, all on one grid."
+    if isinstance(images, Volume):
+        if len(info['sources']) != 1:
+            raise BrainkitError(images.path, f"the model needs {len(info['sources'])} inputs ({', '.join(info['sources'])}), one volume was given",
+                                "give a subject folder holding every input modality")
+        images = {info['sources'][0]: images}
+    if missing := [m for m in info['sources'] if m not in images]:
+        raise BrainkitError(getattr(images, 'id', None), f"has no {', '.join(missing)} image; the model translates "
+                            f"{' + '.join(info['sources'])} -> {info['target']}", "give every modality the model was trained on")
+    vols = [images[m] for m in info['sources']]
+    check_same_grid(dict(zip(info['sources'], vols)))
+    return vols
+
+def _in_plane_sizes(hw:Sequence[int], info:dict, fit:str, plane:str, path) -> tuple:
+    "(axis, size) pairs that bring slices (D, C, H, W) of in-plane size `hw` to a size the generator takes."
+    mult = generator_spec(info['network']['name']).multiple                    # the generator registry's rule (chapter 06)
+    if fit == 'none':
+        if any(n % mult for n in hw):
+            raise BrainkitError(path, f"its {plane} slices are {hw[0]}x{hw[1]}, which {info['network']['name']} cannot take "
+                                f"(sizes must be multiples of {mult})", "use fit='pad' (--fit pad), or crop/pad the volume first")
+        return ()
+    if fit == 'pad': return tuple((a, max(info['size'], -(-n // mult) * mult)) for a, n in zip((2, 3), hw))
+    raise ValueError(f"fit must be 'pad' or 'none', not {fit!r}")
+
+# %% ../nbs/11_translate.ipynb #29a7beb8
 def translate_volume(G:nn.Module, info:dict, # from `load_translator`
                      images:Mapping[str, Volume]|Volume, # modality -> Volume (a `Subject` works), or the one input volume
                      plane:str|None=None, # slicing plane (None: the model's)
@@ -89,16 +118,7 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
     if plane != info['plane']:
         log.warning("translating %s slices with a model trained on %s slices: expect worse results (the anatomy it sees "
                     "differs)", plane, info['plane'])
-    if isinstance(images, Volume):
-        if len(info['sources']) != 1:
-            raise BrainkitError(images.path, f"the model needs {len(info['sources'])} inputs ({', '.join(info['sources'])}), one volume was given",
-                                "give a subject folder holding every input modality")
-        images = {info['sources'][0]: images}
-    if missing := [m for m in info['sources'] if m not in images]:
-        raise BrainkitError(getattr(images, 'id', None), f"has no {', '.join(missing)} image; the model translates "
-                            f"{' + '.join(info['sources'])} -> {info['target']}", "give every modality the model was trained on")
-    vols = [images[m] for m in info['sources']]
-    check_same_grid(dict(zip(info['sources'], vols)))
+    vols = _inputs(info, images)
     work = [resample(v, info['spacing']) for v in vols] if info['spacing'] else vols     # the training run's voxel size
     norms = [Normalizer.from_dict(info['normalizers'][m]) for m in info['sources']]
     masks = [brain_mask(w) for w in work]
@@ -106,40 +126,78 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
     normed = [n.apply(w, mk) for n, w, mk in zip(norms, work, masks)]
     x = np.stack([np.moveaxis(a, ax, 0) for a, _ in normed], 1)                       # (D, C, H, W)
     brain = np.moveaxis(np.any(masks, 0), ax, 0).reshape(len(x), -1).any(1)            # slices with any brain
-    mult = size_multiple(info['network'])
-    hw = x.shape[2:]
-    if fit == 'none':
-        if any(n % mult for n in hw):
-            raise BrainkitError(vols[0].path, f"its {plane} slices are {hw[0]}x{hw[1]}, which {info['network']['name']} cannot take "
-                                f"(sizes must be multiples of {mult})", "use fit='pad' (--fit pad), or crop/pad the volume first")
-        cp = CropPad(x.shape, ())
-    elif fit == 'pad':
-        cp = CropPad(x.shape, tuple((a, max(info['size'], -(-x.shape[a] // mult) * mult)) for a in (2, 3)))
-    else: raise ValueError(f"fit must be 'pad' or 'none', not {fit!r}")
-    xp = cp.apply(x, -1)
+    sizes = _in_plane_sizes(x.shape[2:], info, fit, plane, vols[0].path)
+    xp = CropPad(x.shape, sizes).apply(x, -1)
     y = np.full((len(xp), 1, *xp.shape[2:]), -1, np.float32)                           # (D, 1, H', W'): background...
     y[brain] = translate_slices(G, xp[brain], batch_size, progress)                   # ...except where there is brain
-    y = np.moveaxis(cp.invert(y, -1)[:, 0], 0, ax)                                     # back to (X, Y, Z) of the work grid
-    if denormalize: y = norms[0].invert(y, normed[0][1])
-    else: y = y.astype(np.float32)
+    y = CropPad((len(x), 1, *x.shape[2:]), sizes).invert(y, -1)[:, 0]                   # one output channel, whatever the inputs
+    y = np.moveaxis(y, 0, ax)                                                          # back to (X, Y, Z) of the work grid
+    y = norms[0].invert(y, normed[0][1]) if denormalize else y.astype(np.float32)
     if info['spacing']: y = _unresample(y, vols[0].shape, np.asarray(work[0].spacing) / np.asarray(vols[0].spacing))
     background = 0.0 if denormalize else -1.0
     return vols[0].with_data(np.where(mask, y, np.float32(background)).astype(np.float32))
 
-# %% ../nbs/11_translate.ipynb #8e992b59
+# %% ../nbs/11_translate.ipynb #ddfa694b
+def _sha256(path:Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def provenance(info:dict, # from `load_translator`
+               inputs:Mapping[str, Path], # source modality -> the file it was read from
+               **settings) -> dict:
+    "What made a translated volume: brainkit, model, checkpoint (path, SHA-256, epoch), direction, inputs and settings."
+    ck = Path(info['checkpoint']); ck = ck/'checkpoint.pt' if ck.is_dir() else ck
+    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()), 'checkpoint_sha256': _sha256(ck),
+            'epoch': info['epoch'], 'direction': info['direction'], 'target': info['target'],
+            'inputs': {m: str(Path(p).resolve()) for m, p in inputs.items()}, 'plane': info['plane'],
+            'settings': settings, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+
+def sidecar_path(nifti:str|Path) -> Path:
+    "The JSON sidecar of a NIfTI file: `x.nii.gz` -> `x.json`."
+    p = Path(nifti); return p.with_name(p.name[:-7] if p.name.endswith('.nii.gz') else p.stem).with_suffix('.json')
+
+def save_translation(vol:Volume, path:str|Path, prov:dict) -> Path:
+    "Write a translated volume and its provenance sidecar (the sidecar last: a volume without one is incomplete)."
+    out = save_volume(vol, path)
+    atomic_write_bytes(sidecar_path(out), (json.dumps(prov, indent=1) + '\n').encode())
+    return out
+
+# %% ../nbs/11_translate.ipynb #efd91bd7
+def _output_file(out:Path, s:Subject, target:str, layout:str) -> Path:
+    "Where subject `s`'s translated `target` goes under dataset folder `out`."
+    if layout == 'subjects': return out/s.id/f'{s.id}_{target}.nii.gz'
+    if layout != 'input': raise ValueError(f"layout must be 'subjects' or 'input', not {layout!r}")
+    if target not in s.layout.files or s.root is None or s.layout.name == 'folder':
+        raise BrainkitError(s.root or s.id, f"the {s.layout.name} layout has no file name for {target!r}",
+                            "write the generic layout instead (layout='subjects', --layout subjects)")
+    return out/s.root.name/s.layout.files[target].format(id=s.id)
+
+def _bring_inputs(out:Path, s:Subject):
+    "Link (or copy) subject `s`'s own files into its folder under `out`, keeping their names and subfolders."
+    for p in s.files.values():
+        if not p.exists(): continue
+        dest = out/s.root.name/p.relative_to(s.root)
+        if dest.exists(): continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try: os.link(p, dest)
+        except OSError: shutil.copy2(p, dest)
+
+# %% ../nbs/11_translate.ipynb #1dcfd00c
 def _refuse_input(path:Path, inputs:Sequence[Path]):
     if any(path.exists() and p.exists() and path.resolve() == p.resolve() for p in inputs):
         raise BrainkitError(path, "is one of the input files: refusing to overwrite it", "choose another output name")
 
-def translate_path(checkpoint:str|Path, # a pix2pix or cyclegan run's checkpoint.pt (or its folder)
+def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or its folder)
                    input:str|Path, # a NIfTI file, a subject folder, or a dataset folder
                    output:str|Path, # a .nii.gz file (one volume or subject), or a folder (a dataset)
                    direction:str='AtoB', plane:str|None=None, batch_size:int=8, fit:str='pad',
                    dataset:str='auto', # the layout of a folder input
+                   layout:str='subjects', # the output dataset's layout: 'subjects' (<id>/<id>_<target>.nii.gz) or 'input'
                    device:str|torch.device='auto', progress:bool=True) -> list[Path]:
     "Translate a volume, a subject or a whole dataset with a trained generator; returns the files written."
     from tqdm.auto import tqdm
-    from brainkit.io import DatasetScanError
     G, info = load_translator(checkpoint, direction, device)
     inp, out = Path(input), Path(output)
     kw = dict(plane=plane, batch_size=batch_size, fit=fit)
@@ -147,7 +205,8 @@ def translate_path(checkpoint:str|Path, # a pix2pix or cyclegan run's checkpoint
         if not is_nifti_path(out):
             raise BrainkitError(out, "is not a NIfTI file name, but the input is one volume", "end --output with .nii.gz")
         _refuse_input(out, [inp])
-        return [save_volume(translate_volume(G, info, load_volume(inp), progress=progress, **kw), out)]
+        return [save_translation(translate_volume(G, info, load_volume(inp), progress=progress, **kw), out,
+                                 provenance(info, {info['sources'][0]: inp}, **kw))]
     ds = open_dataset(inp, dataset)
     single = is_nifti_path(out)
     if single and len(ds) != 1:
@@ -155,10 +214,12 @@ def translate_path(checkpoint:str|Path, # a pix2pix or cyclegan run's checkpoint
                             "give an output folder for a dataset, or one subject's folder as --input")
     written, failed = [], {}
     for s in tqdm(list(ds), desc=f"translate {'+'.join(info['sources'])} -> {info['target']}", disable=not progress or single):
-        path = out if single else out/f"{s.id}_{info['target']}.nii.gz"
         try:
+            path = out if single else _output_file(out, s, info['target'], layout)
             _refuse_input(path, [f for f in s.files.values()])
-            written.append(save_volume(translate_volume(G, info, s, **kw), path))
+            if not single and layout == 'input': _bring_inputs(out, s)
+            prov = provenance(info, {m: s.path(m) for m in info['sources']}, **kw, layout=layout)
+            written.append(save_translation(translate_volume(G, info, s, **kw), path, prov))
         except BrainkitError as e: failed[s.id] = [str(e)]
     if failed:
         log.warning("%d of %d subject(s) translated into %s; %d failed", len(written), len(ds), out, len(failed))

@@ -40,7 +40,7 @@ def intensity_window(data:np.ndarray|Volume, # intensities
     above = d[d > lo]
     return lo, (float(np.percentile(above, upper)) if above.size else lo + 1.)
 
-# %% ../nbs/03_orientations.ipynb #144e0a2d
+# %% ../nbs/03_orientations.ipynb #c961aa89
 def _array(v) -> np.ndarray: return v.data if isinstance(v, Volume) else np.asarray(v)
 
 def _check_grid(shape:tuple, what:str, v):
@@ -49,6 +49,14 @@ def _check_grid(shape:tuple, what:str, v):
                                     "show volumes on one grid: resample one onto the other first (a translation "
                                     "written by brainkit is already on its source's grid)")
 
+def _voxel(point:Sequence[int]|None, shape:tuple) -> tuple[int, int, int]:
+    "`point` as a voxel (i, j, k) of a volume of `shape` (default: the centre); ValueError if it is not one."
+    point = tuple(s // 2 for s in shape) if point is None else tuple(int(p) for p in point)
+    if len(point) != 3 or not all(0 <= p < s for p, s in zip(point, shape)):
+        raise ValueError(f"point {point} is not a voxel of a volume of shape {shape}")
+    return point
+
+# %% ../nbs/03_orientations.ipynb #62ccbd88
 def ortho_views(vol:Volume|np.ndarray, # canonical RAS volume
                 point:Sequence[int]|None=None, # voxel (i, j, k) the planes go through (default: the centre)
                 seg:Volume|np.ndarray|None=None, # labels overlaid on every panel
@@ -64,9 +72,7 @@ def ortho_views(vol:Volume|np.ndarray, # canonical RAS volume
     vols = [vol] + ([compare] if compare is not None else [])
     shape = _array(vol).shape
     _check_grid(shape, 'compare', compare); _check_grid(shape, 'seg', seg)
-    point = tuple(s // 2 for s in shape) if point is None else tuple(int(p) for p in point)
-    if len(point) != 3 or not all(0 <= p < s for p, s in zip(point, shape)):
-        raise ValueError(f"point {point} is not a voxel of a volume of shape {shape}")
+    point = _voxel(point, shape)
     planes = (planes,) if isinstance(planes, str) else tuple(planes)
     for p in planes: plane_axis(p)
     if crosshair is None: crosshair = len(planes) > 1
@@ -96,7 +102,44 @@ def figure_png(fig:Figure, dpi:float|None=None) -> bytes:
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
-# %% ../nbs/03_orientations.ipynb #2de1a689
+def _png_output(fig:Figure, dpi:float|None, text:str) -> tuple[dict]:
+    "The outputs of an `ipywidgets.Output` that shows `fig` as a PNG (`text` where no image can be shown)."
+    png = base64.b64encode(figure_png(fig, dpi)).decode()
+    return ({'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': png, 'text/plain': text}},)
+
+# %% ../nbs/03_orientations.ipynb #94065c21
+def _viewer_volumes(vols:Mapping, seg, compare:Mapping|None) -> tuple[dict, dict, object, tuple]:
+    "A viewer's volumes (labels left out), its compare volumes, its labels (default: `vols['seg']`) and their grid's shape, checked."
+    if seg is None: seg = vols.get('seg')
+    own = {m: v for m, v in vols.items() if m not in LABEL_KEYS}
+    other = {m: v for m, v in (compare or {}).items() if m not in LABEL_KEYS}
+    if not own: raise ValueError("Viewer needs at least one volume")
+    shape = _array(next(iter(own.values()))).shape
+    for m, v in {**own, **{f'compare {k}': v for k, v in other.items()}}.items(): _check_grid(shape, m, v)
+    _check_grid(shape, 'seg', seg)
+    return own, other, seg, shape
+
+# %% ../nbs/03_orientations.ipynb #55cf3d46
+def _controls(modalities:list, compare:list, plane:str, point:Sequence[int], shape:tuple, has_seg:bool) -> tuple:
+    "The viewer's widgets: modality and compare menus, plane buttons, slice slider, three-planes and labels boxes, opacity."
+    ax = plane_axis(plane)
+    first = modalities[0]
+    return (W.Dropdown(options=list(modalities), description='modality'),
+            W.Dropdown(options=['off', *compare], description='compare', disabled=not compare,
+                       value=first if first in compare else next(iter(compare), 'off')),
+            W.ToggleButtons(options=list(ORTHO), value=plane, style={'button_width': '80px'}),
+            W.IntSlider(value=point[ax], min=0, max=shape[ax] - 1, description='slice', layout=W.Layout(width='420px')),
+            W.Checkbox(value=False, description='three planes', indent=False, layout=W.Layout(width='auto')),
+            W.Checkbox(value=has_seg, description='labels', disabled=not has_seg, indent=False, layout=W.Layout(width='auto')),
+            W.FloatSlider(value=0.45, min=0, max=1, step=0.05, description='opacity', disabled=not has_seg))
+
+def _panel(modality, compare, plane, slider, ortho, labels, opacity, out) -> list:
+    "The viewer's rows: the menus; the plane buttons and three-planes box; the slider, labels and opacity; the figure."
+    row = lambda *ws: W.HBox(list(ws), layout=W.Layout(align_items='center'))
+    name = W.Label('plane', layout=W.Layout(width='80px', display='flex', justify_content='flex-end', margin='0 8px 0 2px'))
+    return [row(modality, compare), row(name, plane, ortho), row(slider, labels, opacity), out]
+
+# %% ../nbs/03_orientations.ipynb #56c724a5
 class Viewer(W.VBox):
     "A slice viewer for JupyterLab: modality, plane, slice, label overlay and opacity, and a second set of volumes beside the first."
     def __init__(self, vols:Mapping[str, Volume|np.ndarray], # modality -> canonical volume, all on one grid (a 'seg' entry is the labels)
@@ -109,35 +152,15 @@ class Viewer(W.VBox):
                  dpi:float=96, # resolution of the displayed PNG
                 ):
         super().__init__()
-        if seg is None: seg = vols.get('seg')
-        self.vols = {m: v for m, v in vols.items() if m not in LABEL_KEYS}
-        self.compare_vols = {m: v for m, v in (compare or {}).items() if m not in LABEL_KEYS}
-        self.seg = seg
-        if not self.vols: raise ValueError("Viewer needs at least one volume")
-        self.shape = _array(next(iter(self.vols.values()))).shape
-        for m, v in {**self.vols, **{f'compare {k}': v for k, v in self.compare_vols.items()}}.items(): _check_grid(self.shape, m, v)
-        _check_grid(self.shape, 'seg', seg)
+        self.vols, self.compare_vols, self.seg, self.shape = _viewer_volumes(vols, seg, compare)
         self.point = list(point) if point is not None else [s // 2 for s in self.shape]
         self.names, self.size, self.dpi = tuple(names), size, dpi
         self.fig = None                      # the figure shown last
         self._windows, self._quiet = {}, False
-        ax = plane_axis(plane)
-        self.modality = W.Dropdown(options=list(self.vols), description='modality')
-        first = next(iter(self.vols))
-        self.compare = W.Dropdown(options=['off', *self.compare_vols], description='compare', disabled=not self.compare_vols,
-                                  value=first if first in self.compare_vols else next(iter(self.compare_vols), 'off'))
-        self.plane = W.ToggleButtons(options=list(ORTHO), value=plane, style={'button_width': '80px'})
-        self.slice = W.IntSlider(value=self.point[ax], min=0, max=self.shape[ax] - 1, description='slice',
-                                 layout=W.Layout(width='420px'))
-        self.ortho = W.Checkbox(value=False, description='three planes', indent=False, layout=W.Layout(width='auto'))
-        self.labels = W.Checkbox(value=seg is not None, description='labels', disabled=seg is None, indent=False,
-                                 layout=W.Layout(width='auto'))
-        self.opacity = W.FloatSlider(value=0.45, min=0, max=1, step=0.05, description='opacity', disabled=seg is None)
+        (self.modality, self.compare, self.plane, self.slice, self.ortho, self.labels,
+         self.opacity) = _controls(list(self.vols), list(self.compare_vols), plane, self.point, self.shape, self.seg is not None)
         self.out = W.Output()
-        row = lambda *ws: W.HBox(list(ws), layout=W.Layout(align_items='center'))
-        name = W.Label('plane', layout=W.Layout(width='80px', display='flex', justify_content='flex-end', margin='0 8px 0 2px'))
-        self.children = [row(self.modality, self.compare), row(name, self.plane, self.ortho),
-                         row(self.slice, self.labels, self.opacity), self.out]
+        self.children = _panel(self.modality, self.compare, self.plane, self.slice, self.ortho, self.labels, self.opacity, self.out)
         self.plane.observe(self._plane_changed, 'value')
         self.slice.observe(self._slice_changed, 'value')
         for w in (self.modality, self.compare, self.ortho, self.labels, self.opacity): w.observe(lambda _: self.draw(), 'value')
@@ -173,7 +196,5 @@ class Viewer(W.VBox):
             compare=None if c is None else self.compare_vols[c], planes=ORTHO if self.ortho.value else self.plane.value,
             names=(f'{self.names[0]} {m}'.strip(), f'{self.names[1]} {c}'.strip()), alpha=self.opacity.value,
             windows=[self._window('a', m)] + ([self._window('b', c)] if c is not None else []), size=self.size)
-        png = base64.b64encode(figure_png(self.fig, self.dpi)).decode()
         # one assignment replaces the image: no flicker, and no running kernel needed (tests, nbdev_test)
-        self.out.outputs = ({'output_type': 'display_data', 'metadata': {},
-                             'data': {'image/png': png, 'text/plain': f'<brainkit viewer: {m}, voxel {tuple(self.point)}>'}},)
+        self.out.outputs = _png_output(self.fig, self.dpi, f'<brainkit viewer: {m}, voxel {tuple(self.point)}>')

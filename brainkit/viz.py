@@ -12,21 +12,25 @@ import numpy as np
 from .io import BRATS_LABELS, Volume, plane_axis
 
 # %% auto #0
-__all__ = ['EDGE_LETTERS', 'LABEL_COLORS', 'TISSUE_LABELS', 'REGION_COLORS', 'display_slice', 'label_overlay', 'show_slice',
-           'modality_grid', 'region_masks', 'intensity_histograms']
+__all__ = ['EDGE_LETTERS', 'LABEL_COLORS', 'TISSUE_LABELS', 'REGION_COLORS', 'radiological', 'display_slice', 'label_overlay',
+           'show_slice', 'modality_grid', 'region_masks', 'intensity_histograms']
 
 # %% ../nbs/02_modalities.ipynb #ca31111d
 EDGE_LETTERS = {'axial': ('R', 'L', 'A', 'P'), 'coronal': ('R', 'L', 'S', 'I'), 'sagittal': ('A', 'P', 'S', 'I')}
+
+def radiological(s:np.ndarray, # one slice (u, v) with its two axes in canonical RAS order (as brainkit's slices are)
+                ) -> np.ndarray:
+    "A slice as a 2D image in the radiological convention (rows top to bottom, columns left to right on the screen)."
+    return np.rot90(s[::-1])                           # rows: v from high to low; columns: u from high to low
 
 def display_slice(data:np.ndarray, # canonical RAS volume (X, Y, Z), or (X, Y, Z, C) for RGBA overlays
                   plane:str, # 'axial', 'coronal' or 'sagittal'
                   index:int, # slice number along the plane's axis
                  ) -> np.ndarray:
     "Slice `index` of `plane` as a 2D image in the radiological convention (rows top to bottom, columns left to right)."
-    s = np.take(data, index, axis=plane_axis(plane))   # the two remaining axes, in RAS order: (u, v) increasing
-    return np.rot90(s[::-1])                           # rows: v from high to low; columns: u from high to low
+    return radiological(np.take(data, index, axis=plane_axis(plane)))   # the two remaining axes, in RAS order
 
-# %% ../nbs/02_modalities.ipynb #f73ae2a4
+# %% ../nbs/02_modalities.ipynb #a23a5a85
 LABEL_COLORS = {1: (0.85, 0.2, 0.2), 2: (0.2, 0.75, 0.3), 4: (1.0, 0.85, 0.1)}  # necrotic core, edema, enhancing
 
 def label_overlay(seg:np.ndarray, # integer labels (any shape)
@@ -38,18 +42,20 @@ def label_overlay(seg:np.ndarray, # integer labels (any shape)
     for lab, col in (colors or LABEL_COLORS).items(): rgba[seg == lab] = (*col, alpha)
     return rgba
 
+# %% ../nbs/02_modalities.ipynb #49ec43a9
 def _aspect(vol:Volume, plane:str) -> float:
     "imshow's aspect (pixel height / width) of a `display_slice` of `vol`: its voxel size down the rows over across."
     u, v = (a for a in range(3) if a != plane_axis(plane))
     return vol.spacing[v] / vol.spacing[u]
 
 def show_slice(ax, # a matplotlib Axes
-               data:np.ndarray|Volume, # canonical RAS volume
+               data:np.ndarray|Volume, # canonical RAS volume, or one slice of `plane` (2-D, its axes in RAS order)
                plane:str='axial', index:int|None=None, # slice (default: the middle one)
                seg:np.ndarray|Volume|None=None, # labels to overlay
                title:str='', letters:bool=True, alpha:float=0.45, **imshow_kw):
     "Draw one slice in the radiological convention, with an optional label overlay and orientation letters."
     if isinstance(data, Volume): imshow_kw.setdefault('aspect', _aspect(data, plane)); data = data.data
+    if np.ndim(data) == 2: data, index = np.expand_dims(data, plane_axis(plane)), 0   # a slice, e.g. from a dataset
     if index is None: index = data.shape[plane_axis(plane)] // 2
     ax.imshow(display_slice(data, plane, index), cmap=imshow_kw.pop('cmap', 'gray'), **imshow_kw)
     if seg is not None:
@@ -79,7 +85,7 @@ def modality_grid(vols:Mapping[str, Volume|np.ndarray], # modality -> canonical 
     fig.tight_layout()
     return fig
 
-# %% ../nbs/02_modalities.ipynb #28eeb548
+# %% ../nbs/02_modalities.ipynb #fb6e18f3
 TISSUE_LABELS = {1: 'CSF', 2: 'GM', 3: 'WM'}  # brainkit's tissue labels (the phantom's `oracle/tissues` maps)
 REGION_COLORS = {'CSF': (0.25, 0.45, 0.8), 'GM': (0.55, 0.55, 0.55), 'WM': (0.1, 0.1, 0.1),
                  'necrotic core': LABEL_COLORS[1], 'edema': LABEL_COLORS[2], 'enhancing tumour': (0.9, 0.68, 0.0)}
@@ -95,6 +101,7 @@ def region_masks(tissues:np.ndarray|Volume|None=None, # tissue labels (1 CSF, 2 
         out.update({n: m for l, n in names.items() if (m := labels == l).any()})
     return out
 
+# %% ../nbs/02_modalities.ipynb #495c68df
 def intensity_histograms(ax, # a matplotlib Axes
                          data:np.ndarray|Volume, # intensities
                          masks:Mapping[str, np.ndarray], # region name -> boolean mask on `data`'s grid

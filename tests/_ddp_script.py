@@ -36,7 +36,7 @@ def indexed(ds):
 def run(model, ds, d, batch_size, steps, seed=0):
     sampler = distributed_sampler(ds, d, seed)
     sampler.set_epoch(0)
-    loader = make_loader(ds, batch_size, True, seed, 0, 'cpu', sampler=sampler)
+    loader = make_loader(ds, batch_size, shuffle=True, seed=seed, workers=0, device='cpu', sampler=sampler)
     seen = []
     for i, batch in enumerate(loader):
         if i == steps: break
@@ -57,14 +57,14 @@ def main():
     seen = {}
     # --- Pix2Pix: t1 -> t2 on two BraTS-like subjects
     seed_everything(0)
-    ds = indexed(PairedSlices(brats, ['t1'], 't2', 'axial', SIZE, {'t1': Normalizer(), 't2': Normalizer()}, 'all', 0, 0.6,
-                              None, None, 0, False, 4.8))
+    ds = indexed(PairedSlices(brats, ['t1'], 't2', plane='axial', size=SIZE, normalizer={'t1': Normalizer(), 't2': Normalizer()},
+                              min_brain=0.6, progress=False, spacing=4.8))
     cfg = Pix2PixConfig(**P2P)
     seed_everything(cfg.seed)
     out['pix2pix'], seen['pix2pix'] = run(Pix2Pix(cfg, dev, d), ds, d, a.batch_size, a.steps)
     # --- CycleGAN: HCP-like t1 <-> BraTS-like t1
-    ds = indexed(UnpairedSlices(hcp, 't1', brats, 't1', 'axial', SIZE, Normalizer(), Normalizer(), 'random',
-                                min_brain=0.6, progress=False, spacing=4.8))
+    ds = indexed(UnpairedSlices(hcp, 't1', brats, 't1', plane='axial', size=SIZE, a_normalizer=Normalizer(), b_normalizer=Normalizer(),
+                                pairing='random', min_brain=0.6, progress=False, spacing=4.8))
     cfg = CycleGANConfig(**CYC)
     seed_everything(cfg.seed)
     out['cyclegan'], seen['cyclegan'] = run(CycleGAN(cfg, dev, d), ds, d, a.batch_size, a.steps)

@@ -3,6 +3,7 @@ import json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from brainkit.io import samples_dir
@@ -156,3 +157,64 @@ def test_generate_missing_does_not_touch_a_folder_of_other_files(tmp_path):
     (tmp_path/'keep.txt').write_text('mine')
     r = brainkit('-q', 'samples', 'verify', '--dir', tmp_path, '--generate-missing')
     assert r.returncode == 1 and 'refusing to replace' in r.stderr and (tmp_path/'keep.txt').read_text() == 'mine'
+
+
+# --- issue 12: checked against other tools (nibabel, FSL, ITK-SNAP) ---
+
+def _scaled_int16(write_raw_nifti, path, raw, slope, inter, intent=None):
+    "An int16 file whose header really stores scl_slope/scl_inter (written by hand, so nibabel cannot rescale it)."
+    import nibabel as nib
+    hdr = nib.Nifti1Header(); hdr.set_data_shape(raw.shape); hdr.set_data_dtype(np.int16)
+    hdr.set_qform(np.eye(4), 1); hdr.set_sform(np.eye(4), 1)
+    hdr['scl_slope'], hdr['scl_inter'] = slope, inter
+    if intent: hdr.set_intent(intent)
+    return write_raw_nifti(path, hdr, raw.astype(np.int16))
+
+
+def _info_json(*files):
+    r = brainkit('info', '--json', *files)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_info_reports_the_scaling_nibabel_moves_onto_the_data(tmp_path, raw_nifti):
+    raw = np.arange(60).reshape(3, 4, 5) % 7
+    scaled, = _info_json(_scaled_int16(raw_nifti, tmp_path/'scaled.nii.gz', raw, 2.0, 5.0))
+    assert scaled['scaling'] == [2.0, 5.0]
+    plain, = _info_json(samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz')
+    assert plain['scaling'] == [1.0, 0.0]
+
+
+def test_info_says_a_volume_is_oblique_and_what_axial_means_then(tmp_path):
+    import nibabel as nib
+    t = np.radians(10)
+    aff = np.eye(4); aff[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(1, 2, (6, 7, 8)).astype(np.float32), aff), tmp_path/'obl.nii.gz')
+    t1 = samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz'
+    obl, straight = _info_json(tmp_path/'obl.nii.gz', t1)
+    assert abs(obl['obliquity_deg'] - 10) < 0.01 and 'axial' in obl['oblique'] and 'voxel grid' in obl['oblique']
+    assert straight['obliquity_deg'] == 0 and 'oblique' not in straight
+    r = brainkit('info', tmp_path/'obl.nii.gz')
+    assert r.returncode == 0 and '  oblique: ' in r.stdout and '10.0' in r.stdout
+
+
+def test_info_tells_an_intensity_image_from_a_label_map(tmp_path):
+    import nibabel as nib
+    rng = np.random.default_rng(0)
+    # an int16 T1 with 200 distinct values (a low-dynamic-range export), and an intent-label parcellation with 300 labels
+    t1 = np.zeros((20, 20, 20), np.int16); t1[2:18, 2:18, 2:18] = rng.integers(100, 300, (16, 16, 16))
+    nib.save(nib.Nifti1Image(t1, np.eye(4)), tmp_path/'t1.nii.gz')
+    parc = nib.Nifti1Image(np.arange(8000, dtype=np.int16).reshape(20, 20, 20) % 300, np.eye(4))
+    parc.header.set_intent('label'); nib.save(parc, tmp_path/'parc.nii.gz')
+    # a FreeSurfer-like aseg: 40 sparse codes, no intent -> unsure
+    aseg = rng.choice(np.r_[0, np.arange(1, 21), np.arange(1000, 1019)].astype(np.int16), (20, 20, 20))
+    nib.save(nib.Nifti1Image(aseg, np.eye(4)), tmp_path/'aseg.nii.gz')
+    seg = samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz'
+    t1_d, parc_d, aseg_d, seg_d = _info_json(tmp_path/'t1.nii.gz', tmp_path/'parc.nii.gz', tmp_path/'aseg.nii.gz', seg)
+    assert t1_d['kind'] == 'intensities' and 'labels' not in t1_d and t1_d['distinct_values'] == 201
+    assert 100 <= t1_d['intensity_percentiles_nonzero']['50'] <= 300
+    assert parc_d['kind'] == 'label map' and parc_d['intent'] == 'label' and len(parc_d['labels']) == 300
+    assert aseg_d['kind'] == 'could be a label map' and len(aseg_d['labels']) == 40
+    assert 'intensity_percentiles_nonzero' in aseg_d                 # unsure: both summaries
+    assert seg_d['kind'] == 'label map' and set(seg_d['labels']) <= {'0', '1', '2', '4'}
+    assert 'intensity_percentiles_nonzero' not in seg_d

@@ -597,3 +597,102 @@ def test_uncompressed_file_named_nii_gz_and_empty_file_get_precise_messages(tmp_
     (tmp_path/'empty.nii.gz').write_bytes(b'')
     with pytest.raises(UnreadableFileError) as ei: load_volume(tmp_path/'empty.nii.gz')
     assert '0 bytes' in str(ei.value)
+
+
+# ---------------------------------------------------------------- oblique grids, the odd file out, io's public opener
+
+def rotated_z(deg, spacing=(1., 1., 1.), shift=(-20., -30., -10.)):
+    "An affine whose voxel axes are rotated `deg` degrees about z (an oblique axial acquisition)."
+    t = np.radians(deg)
+    aff = np.eye(4)
+    aff[:3, :3] = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]) @ np.diag(spacing)
+    aff[:3, 3] = shift
+    return aff
+
+
+def noisy(aff, scale, seed=0):
+    "`aff` with float noise of `scale` mm on its rotation part, as real headers carry (float32 rounding, resampling tools)."
+    out = np.array(aff, float)
+    out[:3, :3] += np.random.default_rng(seed).normal(0, scale, (3, 3))
+    return out
+
+
+def test_oblique_angle_of_axis_aligned_rotated_and_noisy_affines():
+    for aff in (LPS_AFF, LAS_AFF, PIR_AFF, np.eye(4)): assert bio.oblique_angle(aff) == 0.0
+    np.testing.assert_allclose(bio.oblique_angle(rotated_z(10)), 10, atol=1e-9)
+    np.testing.assert_allclose(bio.oblique_angle(rotated_z(-3, (0.7, 0.7, 2.))), 3, atol=1e-9)
+    # float noise of real, nearly axis-aligned headers stays far below the tolerance; a real 1° tilt does not
+    for aff in (noisy(LPS_AFF, 1e-6), noisy(LAS_AFF, 1e-6), noisy(PIR_AFF, 1e-7)):
+        assert 0 < bio.oblique_angle(aff) < bio.OBLIQUE_TOL_DEG / 10
+    assert bio.oblique_angle(rotated_z(1)) > 10 * bio.OBLIQUE_TOL_DEG
+
+
+def test_an_oblique_volume_loads_with_one_warning_naming_file_and_angle(tmp_path, nifti, caplog):
+    raw = np.random.default_rng(0).uniform(1, 2, (6, 7, 8)).astype(np.float32)
+    p = nifti(tmp_path/'oblique.nii.gz', raw, rotated_z(10))
+    with caplog.at_level('WARNING', logger='brainkit.io'): vol = load_volume(p)
+    recs = [r for r in caplog.records if r.name == 'brainkit.io' and r.levelname == 'WARNING']
+    assert len(recs) == 1, [r.getMessage() for r in recs]
+    msg = recs[0].getMessage()
+    assert 'oblique.nii.gz' in msg and '10.0' in msg and 'axial' in msg and 'voxel grid' in msg, msg
+    # the loaded volume itself is unchanged: the closest canonical order, every voxel at its world position
+    world_to_value(vol, raw, nib.load(p).affine)
+
+
+@pytest.mark.parametrize('codes', [(1, 1), (1, 0)], ids=['sform', 'qform-only'])
+def test_nearly_axis_aligned_real_headers_load_silently(tmp_path, nifti, caplog, codes):
+    data = np.random.default_rng(1).uniform(1, 2, (5, 6, 7)).astype(np.float32)
+    with caplog.at_level('DEBUG', logger='brainkit.io'):
+        for i, aff in enumerate((LPS_AFF, LAS_AFF, noisy(LPS_AFF, 1e-6, 1), noisy(LAS_AFF, 3e-7, 2), noisy(PIR_AFF, 1e-7, 3))):
+            load_volume(nifti(tmp_path/f'h{i}.nii.gz', data, aff, qform_code=codes[0], sform_code=codes[1]))
+    assert 'oblique' not in caplog.text, caplog.text
+
+
+def test_the_odd_file_out_is_named_even_when_it_is_the_reference_t1(tmp_path, brats_subject):
+    aff = np.diag([-1., -1., 1., 1.])
+    brats_subject(tmp_path, 'BraTS2021_00007', overrides={'t1': (np.ones((4, 5, 7), np.float32), aff)})
+    s = open_dataset(tmp_path)[0]
+    with pytest.raises(GeometryMismatchError) as ei: s.load()
+    e = ei.value
+    assert Path(e.path).name == 'BraTS2021_00007_t1.nii.gz', str(e)
+    assert str(e).startswith(str(s.path('t1'))), str(e)            # the message leads with the file that differs
+    assert '(4, 5, 7)' in str(e) and '(4, 5, 6)' in str(e) and 'Fix:' in str(e)
+    # the same for an affine that differs
+    shifted = aff.copy(); shifted[:3, 3] = [0, 0, 2.5]
+    brats_subject(tmp_path, 'BraTS2021_00008', overrides={'t1': (np.ones((4, 5, 6), np.float32), shifted)})
+    with pytest.raises(GeometryMismatchError) as ei: open_dataset(tmp_path)['BraTS2021_00008'].load()
+    assert Path(ei.value.path).name == 'BraTS2021_00008_t1.nii.gz', str(ei.value)
+    assert str(ei.value).startswith(str(tmp_path/'BraTS2021_00008'/'BraTS2021_00008_t1.nii.gz'))
+
+
+def test_check_same_grid_with_no_majority_keeps_the_first_as_reference():
+    a = bio.make_volume(np.ones((2, 3, 4), np.float32), np.eye(4), 'a.nii.gz')
+    b = bio.make_volume(np.ones((2, 3, 5), np.float32), np.eye(4), 'b.nii.gz')
+    with pytest.raises(GeometryMismatchError) as ei: bio.check_same_grid({'t1': a, 't2': b})
+    assert Path(ei.value.path).name == 'b.nii.gz'
+    bio.check_same_grid({'t1': a, 't1ce': a}); bio.check_same_grid({}); bio.check_same_grid({'t1': a})
+
+
+def test_open_nifti_is_public_and_gives_brainkit_errors(tmp_path, nifti):
+    with pytest.raises(MissingFileError): bio.open_nifti(tmp_path/'absent.nii.gz')
+    (tmp_path/'notes.nii.gz').write_text('not an image')
+    with pytest.raises(UnreadableFileError) as ei: bio.open_nifti(tmp_path/'notes.nii.gz')
+    assert_names_file_and_fix(ei.value, 'notes.nii.gz')
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    p = nifti(tmp_path/'ok.nii.gz', data, LPS_AFF)
+    img = bio.open_nifti(str(p))
+    assert isinstance(img, nib.Nifti1Image) and np.array_equal(np.asanyarray(img.dataobj), data)
+    np.testing.assert_allclose(img.affine, LPS_AFF)                # the file as stored: not reoriented
+    assert bio.open_nifti(p, header_only=True).shape == (2, 3, 4)
+
+
+def test_no_module_imports_a_private_name_of_io():
+    import ast
+    pkg = Path(bio.__file__).parent
+    offenders = []
+    for f in sorted(pkg.glob('*.py')):
+        for node in ast.walk(ast.parse(f.read_text())):
+            # `from .io import _x` or `from brainkit.io import _x` (a plain `import io` is the standard library's)
+            if isinstance(node, ast.ImportFrom) and (node.module, node.level) in (('io', 1), ('brainkit.io', 0)):
+                offenders += [f"{f.name}: {a.name}" for a in node.names if a.name.startswith('_')]
+    assert not offenders, offenders

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainkit.losses import (REGION_NAMES, GANLoss, ImagePool, dice_bce_loss, dice_per_region, dice_score,
-                             gradient_penalty, soft_dice_loss)
+from brainkit.losses import GANLoss, ImagePool, dice_bce_loss, gradient_penalty, soft_dice_loss
 
 
 @pytest.fixture
@@ -147,50 +146,6 @@ def test_dice_bce_is_dice_plus_weighted_bce(masks):
     torch.testing.assert_close(dice_bce_loss(x, masks, bce_weight=2.0), soft_dice_loss(x, masks) + 2 * bce)
     dice_bce_loss(x, masks.bool()).backward()                            # boolean masks are accepted
     assert x.grad is not None and x.grad.abs().sum() > 0
-
-
-# ---------------------------------------------------------------- Dice metric (BraTS rule)
-
-def test_dice_score_hand_computed():
-    pred = torch.tensor([[[1, 1, 0, 0], [1, 1, 1, 0]]])                  # (N=1, C=2, 4)
-    truth = torch.tensor([[[1, 0, 1, 0], [1, 1, 1, 1]]])
-    torch.testing.assert_close(dice_score(pred, truth), torch.tensor([[2 * 1 / 4, 2 * 3 / 7]]))
-    p3 = torch.zeros(2, 1, 3, 3, 3, dtype=torch.bool); t3 = torch.zeros_like(p3)
-    p3[0, 0, :2] = True; t3[0, 0, 1:] = True                             # 18 and 18 voxels, 9 shared
-    p3[1, 0, 0, 0, 0] = True; t3[1, 0, 0, 0, 0] = True
-    torch.testing.assert_close(dice_score(p3, t3), torch.tensor([[0.5], [1.0]]))
-
-
-def test_dice_score_empty_masks_follow_the_brats_rule():
-    z = torch.zeros(1, 1, 4, 4)
-    one = z.clone(); one[0, 0, 2, 2] = 1
-    assert dice_score(z, z).item() == 1.0                                # empty prediction on empty truth
-    assert dice_score(one, z).item() == 0.0                              # any false positive on empty truth
-    assert dice_score(z, one).item() == 0.0                              # missed a non-empty truth
-
-
-def test_dice_score_refuses_bad_shapes():
-    with pytest.raises(ValueError, match='shape'): dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
-    with pytest.raises(ValueError): dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4))
-    with pytest.raises(ValueError, match='N, C'): dice_score(torch.zeros(3, 4), torch.zeros(3, 4))
-
-
-def test_dice_per_region_names_each_region():
-    pred = torch.zeros(3, 4, 4, 4, dtype=torch.uint8); truth = torch.zeros_like(pred)
-    truth[0, :2] = 1; pred[0, 1:3] = 1                                  # WT: 32 and 32 voxels, 16 shared
-    truth[1, 0, 0, 0] = 1                                               # TC: truth present, nothing predicted
-    # ET: empty in both
-    d = dice_per_region(pred, truth)
-    assert d == {'WT': 0.5, 'TC': 0.0, 'ET': 1.0} and tuple(d) == REGION_NAMES
-    assert all(isinstance(v, float) for v in d.values())
-    pred[2, 3, 3, 3] = 1                                                # a false positive on an empty ET
-    assert dice_per_region(pred, truth)['ET'] == 0.0
-    assert dice_per_region(pred[:1], truth[:1], names=('brain',)) == {'brain': 0.5}
-
-
-def test_dice_per_region_refuses_bad_input():
-    with pytest.raises(ValueError, match='region names'): dice_per_region(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4))
-    with pytest.raises(ValueError, match='shape'): dice_per_region(torch.zeros(3, 4, 4), torch.zeros(3, 4, 5))
 
 
 # ---------------------------------------------------------------- image pool

@@ -12,6 +12,8 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 import brainkit.metrics as M
+from brainkit.io import REGION_NAMES
+from brainkit.metrics import dice_per_region, dice_score
 from brainkit.io import Volume, load_volume, open_dataset, samples_dir
 from brainkit.metrics import (FID_WEIGHTS_FILE, FIDError, consistency, fid_input, fid_kid, find_fid_weights,
                               frechet_distance, hd95, inception_features, kid, paired_scores, percentile_clip,
@@ -712,3 +714,50 @@ def test_masks_may_be_label_volumes_and_wrong_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="region 'GM' has no translated voxels"):
         tissue_distances({'GM': np.array([])}, {'GM': np.ones(3)})
     with pytest.raises(ValueError, match='ints'): M.fid_inception('64')
+
+
+# ---------------------------------------------------------------- Dice metric (BraTS rule), moved here from test_losses with the metric
+
+def test_dice_score_hand_computed():
+    pred = torch.tensor([[[1, 1, 0, 0], [1, 1, 1, 0]]])                  # (N=1, C=2, 4)
+    truth = torch.tensor([[[1, 0, 1, 0], [1, 1, 1, 1]]])
+    torch.testing.assert_close(dice_score(pred, truth), torch.tensor([[2 * 1 / 4, 2 * 3 / 7]]))
+    p3 = torch.zeros(2, 1, 3, 3, 3, dtype=torch.bool); t3 = torch.zeros_like(p3)
+    p3[0, 0, :2] = True; t3[0, 0, 1:] = True                             # 18 and 18 voxels, 9 shared
+    p3[1, 0, 0, 0, 0] = True; t3[1, 0, 0, 0, 0] = True
+    torch.testing.assert_close(dice_score(p3, t3), torch.tensor([[0.5], [1.0]]))
+
+
+def test_dice_score_empty_masks_follow_the_brats_rule():
+    z = torch.zeros(1, 1, 4, 4)
+    one = z.clone(); one[0, 0, 2, 2] = 1
+    assert dice_score(z, z).item() == 1.0                                # empty prediction on empty truth
+    assert dice_score(one, z).item() == 0.0                              # any false positive on empty truth
+    assert dice_score(z, one).item() == 0.0                              # missed a non-empty truth
+
+
+def test_dice_score_refuses_bad_shapes():
+    with pytest.raises(ValueError, match='shape'): dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+    with pytest.raises(ValueError): dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match='N, C'): dice_score(torch.zeros(3, 4), torch.zeros(3, 4))
+
+
+def test_dice_per_region_names_each_region():
+    pred = torch.zeros(3, 4, 4, 4, dtype=torch.uint8); truth = torch.zeros_like(pred)
+    truth[0, :2] = 1; pred[0, 1:3] = 1                                  # WT: 32 and 32 voxels, 16 shared
+    truth[1, 0, 0, 0] = 1                                               # TC: truth present, nothing predicted
+    # ET: empty in both
+    d = dice_per_region(pred, truth)
+    assert d == {'WT': 0.5, 'TC': 0.0, 'ET': 1.0} and tuple(d) == REGION_NAMES
+    assert all(isinstance(v, float) for v in d.values())
+    pred[2, 3, 3, 3] = 1                                                # a false positive on an empty ET
+    assert dice_per_region(pred, truth)['ET'] == 0.0
+    assert dice_per_region(pred[:1], truth[:1], names=('brain',)) == {'brain': 0.5}
+
+
+def test_dice_per_region_refuses_bad_input():
+    with pytest.raises(ValueError, match='region names'): dice_per_region(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4))
+    with pytest.raises(ValueError, match='shape'): dice_per_region(torch.zeros(3, 4, 4), torch.zeros(3, 4, 5))
+
+
+

@@ -1,12 +1,14 @@
 "brainkit.preprocess: brain masks, normalization, crop/pad and tumour-free slices, including bad input."
 import json
+import pickle
 
 import numpy as np
 import pytest
 
 from brainkit.io import load_volume, make_volume, open_dataset, samples_dir
-from brainkit.preprocess import (METHODS, CropPad, NoBrainError, NoTumourFreeSlicesError, Normalizer, brain_mask,
-                                 crop_pad, fill_holes, otsu_threshold, tumour_free_slices)
+from brainkit.preprocess import (METHODS, NORMALIZATIONS, NYUL_PERCENTILES, CropPad, NoBrainError, NoTumourFreeSlicesError,
+                                 Normalizer, PercentileNormalizer, brain_mask, crop_pad, fill_holes, otsu_threshold,
+                                 tumour_free_slices)
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +66,7 @@ def test_constant_brain_cannot_be_normalized():
 def test_normalizers_map_the_brain_to_unit_range_and_invert(brats, method):
     vols = [s['t1'] for s in brats]
     n = Normalizer(method)
-    if method == 'nyul': n.fit(vols[:5])
+    if n.needs_fit: n.fit(vols[:5])                          # nyul and none learn from training volumes
     v = vols[6]
     mask = brain_mask(v)
     y, stats = n.apply(v, mask)
@@ -183,3 +185,126 @@ def test_a_resampled_volume_saves_in_the_sources_space(tmp_path, brats):
     back = load_volume(save_volume(r, tmp_path/'r.nii.gz'))
     np.testing.assert_allclose(back.affine, r.affine, atol=1e-4)
     assert back.source_axcodes == v.source_axcodes == ('L', 'P', 'S')
+
+
+# --- the registry of normalizations (issue 12) ---
+
+LEGACY = {  # what Normalizer.to_dict() recorded in checkpoints before the methods were split: every field of every method
+    'zscore': {'method': 'zscore', 'low': 0.5, 'high': 99.5, 'k': 3.0, 'percentiles': list(NYUL_PERCENTILES), 'landmarks': None},
+    'percentile': {'method': 'percentile', 'low': 0.5, 'high': 99.5, 'k': 3.0, 'percentiles': list(NYUL_PERCENTILES),
+                   'landmarks': None},
+}
+
+
+@pytest.fixture(scope='module')
+def fitted(brats):
+    "One normalizer per method, the fitted ones fitted on the first 4 BraTS-like T1s."
+    train = [s['t1'] for s in brats[:4]]
+    return {m: (Normalizer(m).fit(train) if Normalizer(m).needs_fit else Normalizer(m)) for m in METHODS}
+
+
+def test_every_registered_name_builds_its_own_class():
+    assert METHODS == ('zscore', 'percentile', 'nyul', 'none') == tuple(NORMALIZATIONS)
+    for name, cls in NORMALIZATIONS.items():
+        n = Normalizer(name)
+        assert type(n) is cls and isinstance(n, Normalizer) and n.method == name and cls().method == name
+    assert type(Normalizer()) is PercentileNormalizer and Normalizer(method='zscore', k=2).k == 2.0
+    assert {m for m in METHODS if Normalizer(m).needs_fit} == {'nyul', 'none'}
+    with pytest.raises(TypeError, match="'low'"): Normalizer('zscore', low=1.0)      # another method's parameter
+    with pytest.raises(ValueError, match="'zscore'"): PercentileNormalizer(method='zscore')
+
+
+def test_each_method_holds_only_its_own_parameters(fitted):
+    assert {m: set(n.to_dict()) for m, n in fitted.items()} == {
+        'zscore': {'method', 'k'}, 'percentile': {'method', 'low', 'high'},
+        'nyul': {'method', 'percentiles', 'landmarks'}, 'none': {'method', 'high', 'scale'}}
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_to_dict_from_dict_round_trip_through_json(fitted, method):
+    n = fitted[method]
+    again = Normalizer.from_dict(json.loads(json.dumps(n.to_dict())))
+    assert type(again) is type(n) and again == n and again.to_dict() == n.to_dict()
+    assert pickle.loads(pickle.dumps(n)) == n                  # DataLoader workers may pickle them
+
+
+def test_the_full_dicts_of_older_checkpoints_still_load(fitted):
+    for m, d in LEGACY.items(): assert Normalizer.from_dict(d) == Normalizer(m)
+    old_nyul = LEGACY['percentile'] | {'method': 'nyul', 'landmarks': fitted['nyul'].landmarks}
+    assert Normalizer.from_dict(old_nyul) == fitted['nyul']
+    with pytest.raises(ValueError, match=r"\['kk'\]"): Normalizer.from_dict({'method': 'zscore', 'kk': 3.0})
+    with pytest.raises(ValueError, match='zscore, percentile, nyul, none'): Normalizer.from_dict({'method': 'minmax'})
+
+
+def test_cache_keys_tell_normalizers_apart(brats, fitted, tmp_path):
+    from brainkit.data import Prep, SliceCache
+    cache, src = SliceCache(tmp_path), brats[0].path('t1')
+    key = lambda n: cache.paths(src, Prep.make('axial', 96, n))[0]
+    distinct = [*fitted.values(), Normalizer('zscore', k=2.0), Normalizer(low=1.0), Normalizer('nyul'), Normalizer('none')]
+    assert len({key(n) for n in distinct}) == len(distinct)
+    assert key(Normalizer('zscore', k=3)) == key(Normalizer('zscore')) == key(Normalizer.from_dict(LEGACY['zscore']))
+    assert key(Normalizer.from_dict(fitted['none'].to_dict())) == key(fitted['none'])
+    assert Prep.make('axial', 96, fitted['nyul']).normalize == fitted['nyul']
+
+
+def test_none_needs_fitting_and_keeps_the_gain(brats, fitted):
+    v = brats[0]['t1']; mask = brain_mask(v)
+    with pytest.raises(ValueError, match='fitted'): Normalizer('none')(v)
+    with pytest.raises(ValueError, match='at least one training volume'): Normalizer('none').fit([])
+    n = fitted['none']
+    tops = [np.percentile(s['t1'].data[brain_mask(s['t1'])].astype(np.float64), 99.5) for s in brats[:4]]
+    assert n.scale == pytest.approx(np.mean(tops))
+    y = n(v, mask)
+    assert y.dtype == np.float32 and y.min() == -1 and y.max() <= 1 and (y[~mask] == -1).all()
+    brighter = n(v.data * 1.5, mask)                           # the same brain, receive gain +50%
+    kept = mask & (brighter < 1)
+    assert kept.sum() > 0.5 * mask.sum()
+    np.testing.assert_allclose(brighter[kept] + 1, 1.5 * (y[kept] + 1), rtol=1e-5)   # the gain survives 'none'
+    for m in ('zscore', 'percentile', 'nyul'):                                          # ... and vanishes otherwise
+        np.testing.assert_allclose(fitted[m](v.data * 1.5, mask), fitted[m](v, mask), atol=1e-5)
+
+
+def test_none_maps_every_volume_through_one_line_and_inverts(brats, fitted):
+    n = fitted['none']
+    for s in brats[4:]:
+        v = s['t1']; mask = brain_mask(v)
+        y, stats = n.apply(v, mask)
+        assert stats['xp'] == [0.0, n.scale] and stats['fp'] == [-1.0, 1.0]
+        np.testing.assert_allclose(y[mask], np.clip(v.data[mask] / n.scale * 2 - 1, -1, 1), atol=1e-6)
+        inside = mask & (np.abs(y) < 1)
+        back = n.invert(y, stats, mask)
+        np.testing.assert_allclose(back[inside], v.data[inside], rtol=1e-5, atol=1e-3)
+        assert (back[~mask] == 0).all()
+
+
+def _reference(method, data, mask, landmarks=None):
+    "Today's (pre-registry) arithmetic for each method, written out again: the refactor must reproduce it bit for bit."
+    vals = data[mask].astype(np.float64)
+    if method == 'zscore':
+        mu, sd = float(vals.mean()), float(vals.std()) or 1.0
+        xp, fp = [mu - 3.0 * sd, mu + 3.0 * sd], [-1.0, 1.0]
+    elif method == 'percentile':
+        lo, hi = np.percentile(vals, [0.5, 99.5]); xp, fp = [float(lo), float(hi)], [-1.0, 1.0]
+    else:
+        s = np.asarray(landmarks)
+        xp = [float(v) for v in np.percentile(vals, NYUL_PERCENTILES)]
+        fp = [float(v) for v in (s - s[0]) / (s[-1] - s[0]) * 2 - 1]
+    return np.where(mask, np.interp(data, xp, fp), -1.0).astype(np.float32), xp, fp
+
+
+def test_the_old_methods_are_bit_identical_to_before(brats, fitted):
+    marks = []                                                     # Nyul's standard scale, as it was learned
+    for s in brats[:4]:
+        p = np.percentile(s['t1'].data[brain_mask(s['t1'])].astype(np.float64), NYUL_PERCENTILES)
+        marks.append((p - p[0]) / max(p[-1] - p[0], 1e-12) * 100)
+    assert fitted['nyul'].landmarks == [float(m) for m in np.mean(marks, 0)]
+    for s in (brats[0], brats[6]):
+        for mod in ('t1', 'flair'):
+            v = s[mod]; mask = brain_mask(v)
+            for m in ('zscore', 'percentile', 'nyul'):
+                want, xp, fp = _reference(m, v.data, mask, fitted['nyul'].landmarks)
+                y, stats = fitted[m].apply(v, mask)
+                assert y.dtype == want.dtype and np.array_equal(y, want), (mod, m)
+                assert stats == {'method': m, 'xp': xp, 'fp': fp}
+                assert np.array_equal(fitted[m](v), want)          # the mask computed from the data is the same one
+                assert np.array_equal(fitted[m].invert(y, stats), np.interp(y, fp, xp).astype(np.float32))

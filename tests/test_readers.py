@@ -347,3 +347,15 @@ def test_a_file_given_as_dataset_points_to_info(samples):
     with pytest.raises(DatasetLayoutError) as ei:
         open_dataset(samples/'BraTS2021'/'BraTS2021_90000'/'BraTS2021_90000_t1.nii.gz')
     assert 'brainkit info' in str(ei.value)
+
+
+def test_a_scan_names_the_file_off_the_subjects_grid_even_when_it_is_t1(tmp_path, brats_subject):
+    aff = np.diag([-1., -1., 1., 1.])
+    brats_subject(tmp_path, 'BraTS2021_00001')
+    brats_subject(tmp_path, 'BraTS2021_00002', overrides={'t1': (np.ones((4, 5, 8), np.float32), aff)})
+    for deep in (True, False):
+        probs = open_dataset(tmp_path).scan(deep=deep, raise_errors=False, progress=False)
+        (e,), = probs.values()
+        assert list(probs) == ['BraTS2021_00002'] and isinstance(e, GeometryMismatchError)
+        assert Path(e.path).name == 'BraTS2021_00002_t1.nii.gz' and str(e).startswith(str(e.path)), str(e)
+        assert 't1ce' in str(e)                                      # ... and says which files it differs from

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from brainkit.io import GeometryMismatchError, open_dataset, samples_dir
-from brainkit.segment import (SegConfig, label_regions, load_segmenter, regions_to_labels, segment_subject,
-                              train_segmentation)
+from brainkit.io import label_regions, regions_to_labels
+from brainkit.segment import SegConfig, load_segmenter, segment_subject, train_segmentation
 from brainkit.train import CheckpointError
 
 EXE = Path(sys.executable).parent/'brainkit'
@@ -186,7 +186,7 @@ def test_validation_dice_is_the_dice_of_the_written_prediction(trained):
     for row in m['val_subjects']:
         s = next(x for x in ds if x.id == row['subject'])
         pred = segment_subject(model, meta, s)
-        from brainkit.losses import dice_per_region
+        from brainkit.metrics import dice_per_region
         d = dice_per_region(torch.from_numpy(label_regions(pred.data)), torch.from_numpy(label_regions(s['seg'].data)))
         # validation runs on the whole grid, with the same normalization and post-processing as `predict`
         assert d == pytest.approx({k: row[k] for k in d}, abs=0.02), (row['subject'], d, row)

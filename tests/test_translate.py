@@ -84,12 +84,14 @@ def test_a_dataset_folder_gives_one_file_per_subject_and_a_subject_folder_one_fi
     for sid in ('BraTS2021_90000', 'BraTS2021_90001'): shutil.copytree(samples_dir('brats')/sid, data/sid)
     r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['BraTS2021_90000_t2.nii.gz', 'BraTS2021_90001_t2.nii.gz']
+    # (issue 12 changed this layout on purpose: flat <id>_<target>.nii.gz files were no dataset any reader opens)
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['BraTS2021_90000', 'BraTS2021_90001']
     for sid in ('BraTS2021_90000', 'BraTS2021_90001'):
-        check_in_input_space(tmp_path/'out'/f'{sid}_t2.nii.gz', data/sid/f'{sid}_t1.nii.gz')
+        check_in_input_space(tmp_path/'out'/sid/f'{sid}_t2.nii.gz', data/sid/f'{sid}_t1.nii.gz')
     r = brainkit('translate', '--checkpoint', p2p, '--input', data/'BraTS2021_90001', '--output', tmp_path/'one.nii.gz')
     assert r.returncode == 0, r.stderr
-    assert np.array_equal(nib.load(tmp_path/'one.nii.gz').get_fdata(), nib.load(tmp_path/'out'/'BraTS2021_90001_t2.nii.gz').get_fdata())
+    assert np.array_equal(nib.load(tmp_path/'one.nii.gz').get_fdata(),
+                          nib.load(tmp_path/'out'/'BraTS2021_90001'/'BraTS2021_90001_t2.nii.gz').get_fdata())
 
 
 def test_the_command_never_overwrites_its_input(p2p, tmp_path):
@@ -173,7 +175,8 @@ def test_a_broken_subject_does_not_stop_the_others(p2p, tmp_path):
     blob = broken.read_bytes(); broken.write_bytes(blob[:len(blob) // 2])   # a download cut short
     r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == [f'{sids[0]}_t2.nii.gz', f'{sids[2]}_t2.nii.gz']
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == [sids[0], sids[2]]   # (subject folders since issue 12)
+    assert all((tmp_path/'out'/sid/f'{sid}_t2.nii.gz').is_file() for sid in (sids[0], sids[2]))
     assert sids[1] in r.stderr and str(broken) in r.stderr, r.stderr        # the broken file, named whole
 
 
@@ -200,3 +203,65 @@ def test_another_plane_than_the_training_one_warns_and_quiet_may_follow_the_comm
     assert r.returncode == 0, r.stderr
     assert 'translating coronal slices with a model trained on axial slices' in r.stderr
     assert 'translate' not in r.stderr.replace('translating', '')         # -q after the command: no progress bar
+
+
+# ---------------------------------------------------------------- outputs are datasets, with their provenance
+
+def test_a_translated_dataset_is_a_dataset_the_readers_open(p2p, tmp_path):
+    from brainkit.io import open_dataset
+    written = translate_path(p2p, samples_dir('brats'), tmp_path/'out', device='cpu', progress=False)
+    ds = open_dataset(tmp_path/'out')
+    assert len(ds) == 8 == len(written)
+    for s in ds:
+        assert s.path('t2') == tmp_path/'out'/s.id/f'{s.id}_t2.nii.gz'
+        check_in_input_space(s.path('t2'), samples_dir('brats')/s.id/f'{s.id}_t1.nii.gz')
+
+
+def test_one_models_output_dataset_is_the_next_models_input(cyc, p2p, tmp_path):
+    "The report's hybrid strategy in miniature: HCP t1 -> BraTS-like t1 (CycleGAN), then t1 -> t2 (Pix2Pix) on that output."
+    from brainkit.io import open_dataset
+    first = translate_path(cyc, samples_dir('hcp'), tmp_path/'stage1', device='cpu', progress=False)
+    second = translate_path(p2p, tmp_path/'stage1', tmp_path/'stage2', device='cpu', progress=False)
+    assert len(first) == len(second) == len(open_dataset(samples_dir('hcp')))
+    for s in open_dataset(tmp_path/'stage2'):
+        hcp_t1 = samples_dir('hcp')/s.id/'T1w'/'T1w_acpc_dc_restore_brain.nii.gz'
+        check_in_input_space(s.path('t2'), hcp_t1)                        # still the HCP input's own space
+
+
+def test_every_output_records_what_made_it(p2p, translated, tmp_path):
+    import hashlib, json
+    from brainkit.translate import sidecar_path
+    side = sidecar_path(translated)
+    assert side.name == translated.name[:-7] + '.json'
+    prov = json.loads(side.read_text())
+    ck = p2p/'checkpoint.pt'
+    assert prov['model'] == 'pix2pix' and prov['direction'] == 'AtoB' and prov['target'] == 't2'
+    assert prov['checkpoint'] == str(ck.resolve()) and prov['checkpoint_sha256'] == hashlib.sha256(ck.read_bytes()).hexdigest()
+    assert prov['inputs'] == {'t1': str(t1_of().resolve())} and prov['epoch'] == 1 and prov['brainkit']
+
+
+def test_the_input_layout_keeps_the_inputs_and_adds_the_new_modality(p2p, tmp_path):
+    from brainkit.io import open_dataset
+    data = tmp_path/'BraTS2021'/SID; data.mkdir(parents=True)
+    for m in ('t1', 't1ce', 'flair', 'seg'): shutil.copy(samples_dir('brats')/SID/f'{SID}_{m}.nii.gz', data)
+    r = brainkit('translate', '--checkpoint', p2p, '--input', data.parent, '--output', tmp_path/'plus', '--layout', 'input')
+    assert r.returncode == 0, r.stderr
+    ds = open_dataset(tmp_path/'plus')
+    assert ds.layout.name == 'brats2021' and ds.scan(progress=False) == {}          # all five BraTS files, readable
+    for m in ('t1', 't1ce', 'flair', 'seg'):
+        assert (tmp_path/'plus'/SID/f'{SID}_{m}.nii.gz').read_bytes() == (data/f'{SID}_{m}.nii.gz').read_bytes()
+    check_in_input_space(tmp_path/'plus'/SID/f'{SID}_t2.nii.gz', data/f'{SID}_t1.nii.gz')
+    # a layout with no file name for the target (a plain folder of files) is refused, naming the fix
+    plain = tmp_path/'plain'; plain.mkdir(); shutil.copy(data/f'{SID}_t1.nii.gz', plain/'a.nii.gz')
+    r = brainkit('translate', '--checkpoint', p2p, '--input', plain, '--output', tmp_path/'h', '--layout', 'input', '--dataset', 'folder')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and "--layout subjects" in r.stderr, r.stderr
+    assert not (tmp_path/'h').exists() or not any((tmp_path/'h').rglob('*.nii.gz'))
+
+
+def test_a_model_with_several_inputs_translates_a_subject(tmp_path):
+    # failed before issue 12: the output of a two-input model was un-padded with the input's channel count
+    r = brainkit('train', 'pix2pix', '--out', tmp_path/'multi', *TINY, '--sources', 't1', 'flair')
+    assert r.returncode == 0, r.stderr
+    r = brainkit('translate', '--checkpoint', tmp_path/'multi', '--input', samples_dir('brats')/SID, '--output', tmp_path/'o.nii.gz')
+    assert r.returncode == 0, r.stderr
+    check_in_input_space(tmp_path/'o.nii.gz', t1_of())
