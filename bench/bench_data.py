@@ -171,7 +171,7 @@ def file_index(img, i:int) -> tuple:
 def bench_throughput(case:str, subjects, cache:SliceCache, n_cache:int, n_naive:int, repeats:int,
                      profile:bool, seed:int=0) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
-    sset = SliceSet(subjects, ['t1'], 'axial', normalizer=Normalizer(), cache=cache, progress=False)
+    sset = SliceSet(subjects, ['t1'], plane='axial', normalizer=Normalizer(), cache=cache, progress=False)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     def cache_batch():
@@ -266,11 +266,11 @@ def bench_build(subject, tmp:Path, repeats:int) -> dict:
         for r in range(repeats):         # no warm-up: every import and code path ran in the throughput part
             d = tmp/f'build-{case}-{r}'
             t0 = time.perf_counter()
-            SliceSet([subject], mods, 'axial', normalizer=Normalizer(), cache=SliceCache(d), progress=False)
+            SliceSet([subject], mods, plane='axial', normalizer=Normalizer(), cache=SliceCache(d), progress=False)
             times.append((time.perf_counter() - t0) * 1e3)
             size = _du(d)
             t0 = time.perf_counter()
-            SliceSet([subject], mods, 'axial', normalizer=Normalizer(), cache=SliceCache(d), progress=False)
+            SliceSet([subject], mods, plane='axial', normalizer=Normalizer(), cache=SliceCache(d), progress=False)
             warm_ms = (time.perf_counter() - t0) * 1e3
             shutil.rmtree(d)
         gz = sum(subject.path(m).stat().st_size for m in mods)

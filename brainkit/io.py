@@ -28,9 +28,9 @@ __all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'BRATS_LABELS', 'R
            'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
            'LabelValueError', 'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical', 'decanonical',
            'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti', 'label_regions', 'regions_to_labels',
-           'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'to_image', 'save_volume', 'make_volume', 'plane_axis',
-           'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'detect_layout', 'discover', 'MRIDataset',
-           'open_dataset', 'samples_dir']
+           'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'file_sha256', 'to_image', 'save_volume', 'make_volume',
+           'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'detect_layout', 'discover',
+           'MRIDataset', 'open_dataset', 'samples_dir']
 
 # %% ../nbs/00_io.ipynb #10cabc3b
 class BrainkitError(Exception):
@@ -352,6 +352,15 @@ def nifti_bytes(img, gz:bool=True) -> bytes:
     "The bytes of a single-file NIfTI image, gzipped without a timestamp (so equal data gives equal bytes)."
     raw = img.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+
+# %% ../nbs/00_io.ipynb #5301c37d
+def file_sha256(path:str|Path) -> str:
+    "The SHA-256 of a file's bytes, read in 1 MiB chunks (for provenance records and weight checks)."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
 
 # %% ../nbs/00_io.ipynb #9c161982
 def _to_dtype(data:np.ndarray, dtype) -> np.ndarray:

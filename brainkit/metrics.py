@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import REGION_NAMES, BrainkitError, Volume, atomic_write_bytes, label_regions, plane_axis
+from .io import REGION_NAMES, BrainkitError, Volume, atomic_write_bytes, file_sha256, label_regions, plane_axis
 from .preprocess import brain_mask
 from .data import Prep, default_cache_dir, prepare_slices
 from .networks import pick_device
@@ -186,11 +186,7 @@ def hub_weights_path() -> Path:
 _SHA = {}
 def _sha256(path:Path) -> str:
     st = path.stat(); key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA:
-        h = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-        _SHA[key] = h.hexdigest()
+    if key not in _SHA: _SHA[key] = file_sha256(path)          # (a weights file is read once per process)
     return _SHA[key]
 
 def find_fid_weights(weights:str|Path|None=None, # a weights file (None or 'auto': look in the torch hub cache)

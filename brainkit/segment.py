@@ -96,7 +96,7 @@ class SegConfig(TrainConfig):
     plane: str = 'axial' # slicing plane of a 2D network (and the volumes' first axis)
     size: int = 96 # in-plane crop/pad, pixels
     patch: int|None = None # 3D: random cubic patches of this edge for training (None: whole volumes)
-    base: int = 8 # U-Net filters at the first level
+    base: int = 16 # U-Net filters at the first level (with 8, the quick run's whole-tumour output collapses on some seeds)
     depth: int = 4 # U-Net poolings
     norm: str = 'instance' # 'instance', 'batch' or 'none'
     deep_supervision: bool = False # extra losses at coarser decoder levels

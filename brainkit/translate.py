@@ -5,7 +5,6 @@
 # %% ../nbs/11_translate.ipynb #60b207c9
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from torch import nn
 
 from . import __version__
 from .io import (LAYOUTS, BrainkitError, DatasetScanError, Subject, Volume, atomic_write_bytes, check_same_grid,
-                         is_nifti_path, load_volume, open_dataset, plane_axis, save_volume)
+                         file_sha256, is_nifti_path, load_volume, open_dataset, plane_axis, save_volume)
 from .preprocess import CropPad, Normalizer, brain_mask, resample
 from .networks import generator, generator_spec, pick_device
 from .train import CheckpointError, load_checkpoint, load_nets
@@ -138,18 +137,12 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
     return vols[0].with_data(np.where(mask, y, np.float32(background)).astype(np.float32))
 
 # %% ../nbs/11_translate.ipynb #ddfa694b
-def _sha256(path:Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
-
 def provenance(info:dict, # from `load_translator`
                inputs:Mapping[str, Path], # source modality -> the file it was read from
                **settings) -> dict:
     "What made a translated volume: brainkit, model, checkpoint (path, SHA-256, epoch), direction, inputs and settings."
     ck = Path(info['checkpoint']); ck = ck/'checkpoint.pt' if ck.is_dir() else ck
-    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()), 'checkpoint_sha256': _sha256(ck),
+    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()), 'checkpoint_sha256': file_sha256(ck),
             'epoch': info['epoch'], 'direction': info['direction'], 'target': info['target'],
             'inputs': {m: str(Path(p).resolve()) for m, p in inputs.items()}, 'plane': info['plane'],
             'settings': settings, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
