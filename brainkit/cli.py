@@ -314,8 +314,10 @@ def _train(args) -> int:
     print(f"trained {m['epochs']} epochs on {m['processes']} process(es); final losses "
           + ', '.join(f"{k} {v:.3f}" for k, v in m['final_losses'].items()))
     if scores := m.get(model.score_name):
-        print(f"{model.score_name} (held-out subjects): SSIM {scores['ssim']:.3f}  PSNR {scores['psnr']:.2f} dB  MAE {scores['mae']:.3f}")
-    print(f"run folder: {Path(args.out).resolve()}  (checkpoint.pt, history.csv, iterations.csv, samples/, metrics.json)")
+        print(f"{model.score_name} (held-out subjects): " + '  '.join(f"{k} {v:.3f}" for k, v in scores.items()))
+    out = Path(args.out).resolve()
+    made = [n for n in ('checkpoint.pt', 'history.csv', 'iterations.csv', 'samples/', 'metrics.json') if (out/n).exists()]
+    print(f"run folder: {out}  ({', '.join(made)})")
     return 0
 
 def _translate(args) -> int:

@@ -23,16 +23,16 @@ from .losses import GANLoss, ImagePool, gradient_penalty
 from .metrics import subject_scores
 from .train import Dist, Precision, wrap_ddp
 from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
-                          train_translation, translate_batch)
+                          train_translation, translate_batch, translation_scores)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CycleGANConfig', 'CycleGAN', 'generator_losses', 'discriminator_loss', 'OracleSlices', 'evaluate_oracle',
+__all__ = ['log', 'CycleGAN', 'CycleGANConfig', 'generator_losses', 'discriminator_loss', 'OracleSlices', 'evaluate_oracle',
            'unpaired_data', 'train_cyclegan']
 
 # %% ../nbs/10_cyclegan.ipynb #cff1e188
-@dataclass
+@dataclass(kw_only=True)
 class CycleGANConfig(GANConfig):
     "Every setting of a CycleGAN run (defaults: the quick HCP-like t1 -> BraTS-like t1 run on the samples)."
     a_data: str|None = None # domain A folder (None: the bundled HCP-like samples)
@@ -53,7 +53,7 @@ class CycleGANConfig(GANConfig):
     size: int = 64 # in-plane crop/pad, pixels (reference: 256)
     spacing: float|None = 3.6 # resample both domains to this voxel size, mm (quick: 1.5x the samples' 2.4 mm; real data: 1.0; None: keep)
     split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions of each domain's subjects
-    netG: str = 'resnet_6blocks' # reference: resnet_9blocks
+    netG: str = 'resnet_6blocks' # generator, one of resnet_6blocks, resnet_9blocks, unet_32 ... unet_256; reference: resnet_9blocks
     ngf: int = 8 # reference: 64
     ndf: int = 8 # reference: 64
     lr: float = 5e-4 # Adam's learning rate (reference: 2e-4; the quick run's short schedule needs more)
@@ -174,10 +174,9 @@ class OracleSlices:
 def evaluate_oracle(G_A:torch.nn.Module|None, # a trained A -> B generator (None: the input itself, the do-nothing baseline)
                     oracle:OracleSlices, batch_size:int=16) -> list[dict]:
     "Per A subject: SSIM, PSNR and MAE of G_A's output against the oracle rendering, inside the brain."
-    rows = []
-    for sid, x, y in (oracle[k] for k in range(len(oracle))):
-        rows.append({'subject': sid, **subject_scores(x if G_A is None else translate_batch(G_A, x, batch_size), y, x > -1)})
-    return rows
+    pairs = (oracle[k] for k in range(len(oracle)))
+    if G_A is not None: return translation_scores(G_A, pairs, batch_size)
+    return [{'subject': sid, **subject_scores(x, y, x > -1)} for sid, x, y in pairs]
 
 # %% ../nbs/10_cyclegan.ipynb #71b3330c
 def _oracle_of(cfg:CycleGANConfig) -> Path|None:
@@ -200,8 +199,8 @@ def unpaired_data(cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, pro
     meta = {'sources': [cfg.a_modality], 'target': cfg.b_modality, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
             'normalizers': {'A': a_norm.to_dict(), 'B': b_norm.to_dict()},
             'split': {'A': {k: list(v) for k, v in a_parts.items()}, 'B': {k: list(v) for k, v in b_parts.items()}},
-            'directions': {'AtoB': direction('G_A', [cfg.a_modality], cfg.b_modality, {cfg.a_modality: a_norm}),
-                           'BtoA': direction('G_B', [cfg.b_modality], cfg.a_modality, {cfg.b_modality: b_norm})}}
+            'directions': {'AtoB': direction('G_A', [cfg.a_modality], cfg.b_modality, {cfg.a_modality: a_norm}, b_norm),
+                           'BtoA': direction('G_B', [cfg.b_modality], cfg.a_modality, {cfg.b_modality: b_norm}, a_norm)}}
     return Prepared(train, meta, (lambda model: evaluate_oracle(model.G_A, pairs)) if pairs else None,
                     {'pairing': cfg.pairing, 'train_subjects': {'A': len(a_train), 'B': len(b_train)},
                      'train_slices': {'A': len(train.A), 'B': len(train.B)}})
@@ -212,4 +211,4 @@ def train_cyclegan(cfg:CycleGANConfig|Mapping, # the run's settings
     "Train CycleGAN as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
     return train_translation(CycleGAN, cfg, out_dir, resume, progress, cache)
 
-register_translator(CycleGAN)
+CycleGAN = register_translator(CycleGAN)

@@ -446,6 +446,7 @@ class PairedSlices(Dataset):
                  slicing:Slicing|None=None, *, # how to cut the volumes (or give its fields as keywords)
                  slices:str='all', margin:int=0, augment:Augment|None=None, cache:SliceCache|None=None,
                  seed:int=0, progress:bool=True, **slicing_fields):
+        if target in sources: raise ValueError(f"target {target!r} is also a source: a model would learn to copy it")
         self.sources, self.target, self.augment, self.seed, self.epoch = list(sources), target, augment, seed, 0
         self.set = SliceSet(subjects, [*self.sources, target], slicing, slices=slices, margin=margin, cache=cache,
                             progress=progress, **slicing_fields)

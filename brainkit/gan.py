@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -21,7 +21,7 @@ from .preprocess import METHODS, Normalizer
 from .data import SliceCache, Slicing, fit_normalizers, make_loader, split_dataset
 from .networks import DISCRIMINATORS, GENERATORS, INITS, NORMS
 from .losses import GAN_MODES
-from .metrics import mean_scores
+from .metrics import mean_scores, subject_scores
 from .train import (Dist, Run, TrainConfig, distributed_sampler, fit, init_distributed, linear_decay,
                             seed_everything)
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'ENTRY_POINTS', 'TranslationModel', 'Prepared', 'loss_values', 'set_requires_grad', 'GANConfig', 'start_run',
-           'rank0_first', 'seed_process', 'scored', 'translate_batch', 'direction', 'upgrade_meta',
-           'register_translator', 'translators', 'train_translation']
+           'rank0_first', 'seed_process', 'scored', 'translate_batch', 'translation_scores', 'direction',
+           'upgrade_meta', 'register_translator', 'translators', 'translator', 'train_translation']
 
 # %% ../nbs/08_gan_core.ipynb #32ec8821
 @runtime_checkable
@@ -73,7 +73,7 @@ def set_requires_grad(nets:Sequence[nn.Module], flag:bool):
         for p in n.parameters(): p.requires_grad_(flag)
 
 # %% ../nbs/08_gan_core.ipynb #c7a00b08
-@dataclass
+@dataclass(kw_only=True)
 class GANConfig(TrainConfig):
     "Settings every translation GAN has (defaults: the reference's base options; each model re-defaults its own)."
     plane: str = 'axial' # slicing plane
@@ -81,8 +81,6 @@ class GANConfig(TrainConfig):
     spacing: float|None = None # resample to this voxel size first, mm (None: keep)
     normalization: str = 'percentile' # intensity normalization to [-1, 1], one of brainkit.preprocess.METHODS
     min_brain: float = 0.25 # train on slices with at least this fraction of the largest brain area
-    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
-    split_seed: int|None = None # seed of the subject split (None: `seed`; fix it to vary only the training's randomness)
     augment: bool = False # random flips, small rotations/scalings
     netG: str = 'resnet_9blocks' # generator, one of brainkit.networks.GENERATORS
     netD: str = 'basic' # discriminator: 'basic' (70x70 PatchGAN), 'n_layers' or 'pixel'
@@ -104,15 +102,9 @@ class GANConfig(TrainConfig):
                   (self.init in INITS, f"init must be one of {', '.join(INITS)}, not {self.init!r}"),
                   (self.gan_mode in GAN_MODES, f"gan_mode must be one of {', '.join(GAN_MODES)}, not {self.gan_mode!r}"),
                   (size is None, size), (self.spacing is None or self.spacing > 0, f"spacing must be positive, not {self.spacing}"),
-                  (self.ngf >= 1 and self.ndf >= 1 and self.n_layers_D >= 1, "ngf, ndf and n_layers_D must be at least 1"),
-                  (len(self.split) == 3 and min(self.split) >= 0 and abs(sum(self.split) - 1) < 1e-6,
-                   f"split must be three non-negative fractions (train, val, test) that sum to 1, not {self.split}")]
+                  (self.ngf >= 1 and self.ndf >= 1 and self.n_layers_D >= 1, "ngf, ndf and n_layers_D must be at least 1")]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
-    @property
-    def subject_seed(self) -> int:
-        "The seed of the subject split."
-        return self.seed if self.split_seed is None else self.split_seed
     def slicing(self, normalizer=None) -> Slicing:
         "How this run cuts its volumes into slices, with `normalizer` (one, or one per modality)."
         return Slicing(self.plane, self.size, self.spacing, normalizer, self.min_brain)
@@ -158,15 +150,25 @@ def translate_batch(G:nn.Module, x:torch.Tensor, batch_size:int=16, progress:boo
                            for i in tqdm(range(0, len(x), batch_size), desc='translate', disable=not progress, leave=False)])
     finally: G.train(was)
 
+# %% ../nbs/08_gan_core.ipynb #88042986
+def translation_scores(G:nn.Module, # a generator
+                       subjects:Iterable[tuple[str, torch.Tensor, torch.Tensor]], # (id, inputs (N, C, H, W), truths (N, 1, H, W))
+                       batch_size:int=16) -> list[dict]:
+    "One row per subject: SSIM, PSNR and MAE of G's outputs against the truth, inside the brain (`subject_scores`)."
+    return [{'subject': sid, **subject_scores(translate_batch(G, x, batch_size), y, (x > -1).any(1, keepdim=True))}
+            for sid, x, y in subjects]
+
 # %% ../nbs/08_gan_core.ipynb #b43d9732
 def direction(net:str, # the network's name in the checkpoint ('G', 'G_A', ...)
               sources:Sequence[str], # its input modalities, one channel each, in order
               target:str, # its output modality
               normalizers:Mapping[str, Normalizer], # each source's normalizer, as fitted in training
+              target_normalizer:Normalizer|None=None, # how the training targets were normalized (the output's scale)
              ) -> dict:
     "One generator direction, as plain data for a checkpoint's `meta['directions']`."
     return {'net': net, 'sources': list(sources), 'target': target,
-            'normalizers': {m: normalizers[m].to_dict() for m in sources}}
+            'normalizers': {m: normalizers[m].to_dict() for m in sources},
+            **({'target_normalizer': target_normalizer.to_dict()} if target_normalizer is not None else {})}
 
 # %% ../nbs/08_gan_core.ipynb #5999447b
 def upgrade_meta(meta:Mapping) -> dict:
@@ -190,18 +192,43 @@ def register_translator(cls:type) -> type:
     "Add a translation model class (one that follows `TranslationModel`) to the registry, under `cls.name`."
     missing = [a for a in ('name', 'Config', 'loss_names', 'visual_names', 'score_name', 'step', 'prepare') if not hasattr(cls, a)]
     if missing: raise TypeError(f"{cls.__name__} does not follow the TranslationModel contract: it has no {', '.join(missing)}")
-    if not issubclass(cls.Config, GANConfig): raise TypeError(f"{cls.__name__}.Config must be a GANConfig subclass")
-    _TRANSLATORS[cls.name] = cls
+    if not (isinstance(cls.Config, type) and all(hasattr(cls.Config, a) for a in ('problems', 'from_dict', 'slicing', 'subject_seed'))):
+        raise TypeError(f"{cls.__name__}.Config must be a GANConfig subclass")   # (checked by its members: a notebook redefines the class)
+    if (old := _TRANSLATORS.get(cls.name)) is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"a translation model named {cls.name!r} is registered already ({old.__module__}.{old.__qualname__}): "
+                         "give the new one another `name`")
+    _TRANSLATORS[cls.name] = cls                    # (the same class defined again, as a notebook cell rerun does, replaces it)
     return cls
 
-def translators() -> dict[str, type]:
-    "Every registered translation model, by name (the installed entry points first loaded)."
+def _declared_translators() -> list[tuple[str, str]]:
+    "(name, 'module:Class') pairs: the installed entry points, else the checkout's settings.ini (brainkit not installed)."
     from importlib.metadata import entry_points
-    for ep in entry_points(group=ENTRY_POINTS):
-        if ep.name not in _TRANSLATORS:
-            try: register_translator(ep.load())
-            except Exception as e: log.warning("translation model %r (%s) could not be loaded: %s", ep.name, ep.value, e)
+    if found := entry_points(group=ENTRY_POINTS): return [(ep.name, ep.value) for ep in found]
+    from configparser import ConfigParser
+    ini = Path(__file__).resolve().parent.parent/'settings.ini'
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ini)
+    pairs = [tuple(x.split('=', 1)) for x in cfg['DEFAULT'].get('translators', '').split()] if cfg.has_option('DEFAULT', 'translators') else []
+    if not pairs: log.warning("no translation models are installed (entry points %s): pip install brainkit", ENTRY_POINTS)
+    return pairs
+
+def translators() -> dict[str, type]:
+    "Every registered translation model, by name (the declared ones loaded on first use)."
+    import importlib
+    for name, value in _declared_translators():
+        if name in _TRANSLATORS: continue
+        try:
+            mod, _, attr = value.partition(':')
+            register_translator(getattr(importlib.import_module(mod.strip()), attr.strip()))
+        except Exception as e: log.warning("translation model %r (%s) could not be loaded: %s", name, value, e)
     return dict(_TRANSLATORS)
+
+def translator(name:str) -> type:
+    "The registered translation model `name`, or an error that lists the registered ones."
+    if (cls := translators().get(name)) is None:
+        raise KeyError(f"no translation model {name!r} is registered (the registered ones: {', '.join(translators()) or 'none'}); "
+                       "register one with register_translator, or declare it as an entry point in the group "
+                       f"{ENTRY_POINTS}")
+    return cls
 
 # %% ../nbs/08_gan_core.ipynb #32ab40c2
 def train_translation(model:type, # a class following `TranslationModel` (e.g. `Pix2Pix`), or a registered name
@@ -212,7 +239,7 @@ def train_translation(model:type, # a class following `TranslationModel` (e.g. `
                       cache:SliceCache|None=None, # the slice cache (default: $BRAINKIT_CACHE, ...)
                      ) -> dict:
     "Train `model` as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
-    model = translators()[model] if isinstance(model, str) else model
+    model = translator(model) if isinstance(model, str) else model
     cfg, d, device = start_run(cfg, model.Config)
     data = model.prepare(cfg, d, cache, progress and d.main)
     loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device,

@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'BRATS_LABELS', 'REGIONS', 'REGION_NAMES', 'PLANES', 'MODALITIES',
-           'LABEL_KEYS', 'BRATS4', 'LAYOUTS', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
-           'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
-           'LabelValueError', 'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical', 'decanonical',
-           'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti', 'label_regions', 'regions_to_labels',
-           'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'file_sha256', 'to_image', 'save_volume', 'make_volume',
-           'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'detect_layout', 'discover',
-           'MRIDataset', 'open_dataset', 'samples_dir']
+           'LABEL_KEYS', 'BRATS4', 'LAYOUTS', 'DATASET_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError',
+           'MissingModalityError', 'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError',
+           'EmptyVolumeError', 'LabelValueError', 'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical',
+           'decanonical', 'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti', 'label_regions',
+           'regions_to_labels', 'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'file_sha256', 'to_image',
+           'save_volume', 'make_volume', 'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject',
+           'check_same_grid', 'write_dataset_file', 'declared_layout', 'detect_layout', 'discover', 'MRIDataset',
+           'open_dataset', 'samples_dir']
 
 # %% ../nbs/00_io.ipynb #10cabc3b
 class BrainkitError(Exception):
@@ -602,6 +603,28 @@ def _score(root:Path, names:list[str]) -> dict[str, int]:
     "How many entries of `root` each dedicated layout recognises as subject folders."
     return {k: sum(_is_subject(lay, root/n) for n in names) for k,lay in LAYOUTS.items() if k not in ('subjects', 'folder')}
 
+# %% ../nbs/00_io.ipynb #6ff9b3fd
+DATASET_FILE = 'brainkit-dataset.json'  # at the root of a dataset brainkit wrote: its layout, and what made it
+
+def write_dataset_file(root:str|Path, # the dataset's folder
+                       layout:str, # one of `LAYOUTS`: how its subjects and files are named
+                       **about) -> Path:
+    "Record at `root` that it is a dataset in `layout` (with `about`: what made it), for `detect_layout`."
+    if layout not in LAYOUTS: raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    import json
+    return atomic_write_bytes(Path(root)/DATASET_FILE, (json.dumps({'layout': layout, **about}, indent=1) + '\n').encode())
+
+def declared_layout(root:str|Path) -> str|None:
+    "The layout a dataset folder declares in its `DATASET_FILE`, or None (no such file, or an unusable one)."
+    import json
+    f = Path(root)/DATASET_FILE
+    if not f.is_file(): return None
+    try: layout = json.loads(f.read_text()).get('layout')
+    except (OSError, ValueError, AttributeError): layout = None
+    if layout not in LAYOUTS:
+        log.warning("%s: no usable layout in it (%r): detecting the layout instead", f, layout); return None
+    return layout
+
 # %% ../nbs/00_io.ipynb #e0ac116e
 def detect_layout(root:str|Path) -> tuple[str, Path]:
     "The dataset name of folder `root`, and the folder that holds its subjects."
@@ -610,6 +633,8 @@ def detect_layout(root:str|Path) -> tuple[str, Path]:
         raise DatasetLayoutError(root, "is a file, not a dataset folder" if root.exists() else "does not exist",
             "point to the dataset's folder (the one that contains the subject folders); "
             "for one file use load_volume() or `brainkit info FILE`")
+    for d in (root, root.parent):   # a dataset brainkit wrote says what it is (d: the dataset, or one subject's folder in it)
+        if (declared := declared_layout(d)) is not None: return declared, d
     for k,lay in LAYOUTS.items():  # the folder of one subject
         if k not in ('subjects', 'folder') and _is_subject(lay, root): return k, root.parent
     names = _subdirs(root)

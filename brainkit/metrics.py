@@ -88,8 +88,9 @@ def subject_scores(fake:torch.Tensor, real:torch.Tensor, # a subject's slices (N
             'mae': float((mae(fake, real, m).double() * w).sum() / w.sum())}
 
 def mean_scores(rows:Sequence[Mapping]) -> dict[str, float]:
-    "The mean of each score over `rows` (subjects)."
-    return {k: float(np.mean([r[k] for r in rows])) for k in ('ssim', 'psnr', 'mae')} if rows else {}
+    "The mean over `rows` (subjects) of every score they all have (every numeric value but the subject's id)."
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys if all(k in r for r in rows)}
 
 # %% ../nbs/12_metrics.ipynb #c68e7dbc
 def percentile_clip(x:np.ndarray, # an intensity volume

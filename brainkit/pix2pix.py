@@ -21,15 +21,15 @@ from .losses import GANLoss, gradient_penalty
 from .metrics import subject_scores
 from .train import Dist, Precision, wrap_ddp
 from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
-                          train_translation, translate_batch)
+                          train_translation, translate_batch, translation_scores)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Pix2PixConfig', 'Pix2Pix', 'evaluate_translation', 'paired_data', 'train_pix2pix']
+__all__ = ['log', 'Pix2Pix', 'Pix2PixConfig', 'evaluate_translation', 'paired_data', 'train_pix2pix']
 
 # %% ../nbs/09_pix2pix.ipynb #24bd9582
-@dataclass
+@dataclass(kw_only=True)
 class Pix2PixConfig(GANConfig):
     "Every setting of a Pix2Pix run (defaults: the quick run on the BraTS-like samples)."
     data: str|None = None # a paired dataset folder, e.g. BraTS (None: the bundled BraTS-like samples)
@@ -39,7 +39,7 @@ class Pix2PixConfig(GANConfig):
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
     lambda_l1: float = 100.0 # weight of L1(fake, target)
     size: int = 96 # in-plane crop/pad, pixels (reference: 256)
-    netG: str = 'unet_32' # generator: a U-Net with 5 levels (sizes divisible by 32); reference: unet_256
+    netG: str = 'unet_32' # generator, one of unet_32, unet_64, unet_128, unet_256 (a U-Net; sizes divisible by its number), resnet_6blocks, resnet_9blocks; reference: unet_256
     ngf: int = 16 # generator filters in the first layer (reference: 64)
     ndf: int = 16 # discriminator filters in the first layer (reference: 64)
     norm: str = 'batch' # 'batch', 'instance' or 'none'
@@ -48,7 +48,7 @@ class Pix2PixConfig(GANConfig):
     lr: float = 1e-3 # Adam's learning rate (reference: 2e-4; the quick run's short schedule needs more)
     epochs: int = 8 # epochs at the initial learning rate (reference: 100)
     epochs_decay: int = 4 # then epochs of linear decay to 0 (reference: 100)
-    sample_every: int = 40 # sample grid PNG every this many iterations
+    sample_every: int = 40 # sample grid PNG every this many iterations (0: never)
 
     def problems(self) -> list[str]:
         checks = [(bool(self.sources) and len(set(self.sources)) == len(self.sources), f"sources must be distinct modalities, not {self.sources}"),
@@ -119,13 +119,9 @@ def evaluate_translation(G:nn.Module, # a generator: sources -> target
                          ds:PairedSlices, # held-out subjects' paired slices
                          batch_size:int=16) -> list[dict]:
     "Per held-out subject: mean SSIM, PSNR and MAE of G's outputs against the targets, inside the brain."
-    per = {}
-    for k in range(len(ds.set.subjects)):
-        js = ds.set.slices_of(k)
-        x = torch.from_numpy(np.stack([ds.set.read(j, ds.sources) for j in js]))
-        y = torch.from_numpy(np.stack([ds.set.read(j, [ds.target]) for j in js]))
-        per[ds.set.subjects[k].id] = subject_scores(translate_batch(G, x, batch_size), y, (x > -1).any(1, keepdim=True))
-    return [{'subject': s, **v} for s, v in per.items()]
+    stack = lambda js, mods: torch.from_numpy(np.stack([ds.set.read(j, mods) for j in js]))
+    return translation_scores(G, ((s.id, stack(ds.set.slices_of(k), ds.sources), stack(ds.set.slices_of(k), [ds.target]))
+                                  for k, s in enumerate(ds.set.subjects)), batch_size)
 
 # %% ../nbs/09_pix2pix.ipynb #a25e01e8
 def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
@@ -139,7 +135,7 @@ def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progre
            if val_s and dist.main else None)
     meta = {'sources': list(cfg.sources), 'target': cfg.target, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
             'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'split': {k: list(v) for k, v in parts.items()},
-            'directions': {'AtoB': direction('G', cfg.sources, cfg.target, norms)}}
+            'directions': {'AtoB': direction('G', cfg.sources, cfg.target, norms, norms[cfg.target])}}
     return Prepared(train, meta, (lambda model: evaluate_translation(model.G, val)) if val else None,
                     {'train_subjects': len(train_s), 'train_slices': len(train)})
 
@@ -149,4 +145,4 @@ def train_pix2pix(cfg:Pix2PixConfig|Mapping, # the run's settings
     "Train Pix2Pix as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
     return train_translation(Pix2Pix, cfg, out_dir, resume, progress, cache)
 
-register_translator(Pix2Pix)
+Pix2Pix = register_translator(Pix2Pix)

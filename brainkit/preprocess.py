@@ -120,6 +120,7 @@ class Normalizer:
     "An intensity normalization to [-1, 1] (background -1); `Normalizer(method, **params)` builds the registered one."
     method: str = 'percentile' # its name in `NORMALIZATIONS`: 'zscore', 'percentile', 'nyul' or 'none'
     needs_fit: ClassVar[bool] = False # whether `fit` must see training volumes before it can be used
+    fixed_map: ClassVar[bool] = False # whether its map is the same for every volume (then it also inverts a volume it never saw)
 
     def __new__(cls, method:str='percentile', *args, **params):
         return super().__new__(_lookup(method) if cls is Normalizer else cls)   # Normalizer('zscore') -> ZScoreNormalizer
@@ -229,6 +230,7 @@ class FixedScaleNormalizer(Normalizer):
     high: float = 99.5 # the brain percentile (of each training volume, then averaged) that becomes `scale`
     scale: float|None = None # the raw intensity that maps to +1, learned by `fit`
     needs_fit: ClassVar[bool] = True
+    fixed_map: ClassVar[bool] = True
 
     def fit(self, volumes:Iterable, masks:Iterable|None=None) -> FixedScaleNormalizer:
         "Learn `scale`: the mean over the training volumes of each one's `high` brain percentile."

@@ -85,7 +85,7 @@ class SegVolumes(Dataset):
                 'subject': v['subject']}
 
 # %% ../nbs/07_unet.ipynb #095e03d7
-@dataclass
+@dataclass(kw_only=True)
 class SegConfig(TrainConfig):
     "Every setting of a segmentation training run."
     what = 'segmentation'
@@ -102,7 +102,6 @@ class SegConfig(TrainConfig):
     deep_supervision: bool = False # extra losses at coarser decoder levels
     normalization: str = 'zscore' # intensity normalization, one of brainkit.preprocess.METHODS
     bce_weight: float = 1.0 # loss = soft Dice + bce_weight * BCE
-    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
     min_brain: float = 0.25 # 2D: train on slices with at least this fraction of the largest brain area
     augment: bool = True # random flips, rotations, scalings and intensity jitter
@@ -129,8 +128,6 @@ class SegConfig(TrainConfig):
             (self.depth >= 1 and self.size % m == 0, f"size {self.size} does not divide by 2**depth = {m}: choose a size that does, or a smaller depth"),
             (self.patch is None or (self.dims == 3 and self.patch > 0 and self.patch % m == 0),
              f"patch {self.patch} needs dims 3 and a multiple of 2**depth = {m}"),
-            (len(self.split) == 3 and min(self.split) >= 0 and abs(sum(self.split) - 1) < 1e-6,
-             f"split must be three non-negative fractions (train, val, test) that sum to 1, not {self.split}"),
             (self.base >= 1, "base must be at least 1")]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
@@ -220,7 +217,7 @@ def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.seed, cfg.split_file)
+    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file)
     norms = fit_normalizers(cfg.normalization, cfg.modalities, train_s)
     augment = Augment() if cfg.augment else None
     if cfg.dims == 2: train_ds = SegSlices(train_s, cfg.modalities, cfg.slicing(norms), augment=augment, cache=cache, seed=cfg.seed, progress=progress)

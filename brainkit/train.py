@@ -54,7 +54,7 @@ def linear_decay(optimizer:torch.optim.Optimizer,
 class CheckpointError(BrainkitError):
     "A checkpoint that cannot be used: missing, truncated, unsafe, or from another model or architecture."
 
-FORMAT = 1
+FORMAT = 2   # 2: translation checkpoints describe their generators as `directions` (chapter 08); 1 still loads
 
 def rng_state() -> dict:
     "The global random states (Python, NumPy, torch CPU and CUDA) as plain data that `weights_only` loading accepts."
@@ -105,6 +105,9 @@ def load_checkpoint(path:str|Path, # a checkpoint written by brainkit
     if not isinstance(ck, dict) or 'brainkit' not in ck or 'nets' not in ck:
         raise CheckpointError(path, "is not a brainkit checkpoint (no 'brainkit'/'nets' entries)",
                               "give a checkpoint.pt written by a brainkit training run")
+    if ck.get('format', 1) > FORMAT:
+        raise CheckpointError(path, f"was written by brainkit {ck.get('brainkit')} in checkpoint format {ck['format']}, which "
+                              f"this brainkit ({__version__}, format {FORMAT}) does not know", "upgrade brainkit (pip install -U brainkit)")
     if kind is not None and ck.get('kind') != kind:
         raise CheckpointError(path, f"is a {ck.get('kind')!r} checkpoint, but a {kind!r} model was asked for",
                               f"give the checkpoint of a {kind} run")
@@ -490,7 +493,7 @@ def prepare_out_dir(out_dir:str|Path, # the experiment's output folder
     return out
 
 # %% ../nbs/06_train.ipynb #91c4cced
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     "Training settings every model has (the reference's defaults, except the quick run's sizes)."
     what: ClassVar[str|None] = None # how messages name this config (None: its class name)
@@ -501,6 +504,8 @@ class TrainConfig:
     beta1: float = 0.5 # Adam's beta1
     amp: str = 'none' # mixed precision on CUDA: 'none', 'bf16' or 'fp16'
     seed: int = 0
+    split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
+    split_seed: int|None = None # seed of the subject split (None: `seed`; fix it to vary only the training's randomness)
     workers: int = 0 # DataLoader worker processes
     device: str = 'auto' # 'auto', 'cpu', 'cuda', 'mps'
     save_every: int = 1 # checkpoint every this many epochs (and at the end)
@@ -514,8 +519,15 @@ class TrainConfig:
                   (self.workers >= 0, "give workers at least 0 (DataLoader worker processes; 0: load in the main process)"),
                   (self.sample_every >= 0, "sample_every must be at least 0"),
                   (self.lr > 0 and 0 <= self.beta1 < 1, f"lr must be positive and beta1 in [0, 1), not {self.lr}, {self.beta1}"),
-                  (self.amp in AMP, f"amp must be one of {', '.join(AMP)}, not {self.amp!r}")]
+                  (self.amp in AMP, f"amp must be one of {', '.join(AMP)}, not {self.amp!r}"),
+                  (len(self.split) == 3 and min(self.split) >= 0 and abs(sum(self.split) - 1) < 1e-6,
+                   f"split must be three non-negative fractions (train, val, test) that sum to 1, not {self.split}")]
         return [msg for ok, msg in checks if not ok]
+
+    @property
+    def subject_seed(self) -> int:
+        "The seed of the subject split."
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self):
         for f in fields(self):                       # tuples from JSON come back as lists

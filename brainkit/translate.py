@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .io import (LAYOUTS, BrainkitError, DatasetScanError, Subject, Volume, atomic_write_bytes, check_same_grid,
-                         file_sha256, is_nifti_path, load_volume, open_dataset, plane_axis, save_volume)
+from .io import (LABEL_KEYS, LAYOUTS, MODALITIES, BrainkitError, DatasetScanError, Subject, Volume, atomic_write_bytes,
+                         check_same_grid, file_sha256, find_file, is_nifti_path, write_dataset_file, load_volume, open_dataset, plane_axis, save_volume)
 from .preprocess import CropPad, Normalizer, brain_mask, resample
 from .networks import generator, generator_spec, pick_device
 from .train import CheckpointError, load_checkpoint, load_nets
@@ -54,6 +54,7 @@ def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or
     load_nets(ck, {d['net']: G}, checkpoint)
     info = {'model': ck['kind'], 'direction': direction, 'sources': list(d['sources']), 'target': d['target'],
             'plane': meta['plane'], 'size': meta['size'], 'spacing': meta.get('spacing'), 'normalizers': d['normalizers'],
+            'target_normalizer': d.get('target_normalizer'),
             'network': ck['specs'][d['net']], 'checkpoint': str(checkpoint), 'epoch': ck['epoch']}
     return G.to(pick_device(device)).eval(), info
 
@@ -104,6 +105,14 @@ def _in_plane_sizes(hw:Sequence[int], info:dict, fit:str, plane:str, path) -> tu
     raise ValueError(f"fit must be 'pad' or 'none', not {fit!r}")
 
 # %% ../nbs/11_translate.ipynb #29a7beb8
+def _denormalize(y:np.ndarray, info:dict, first:Normalizer, stats:dict) -> np.ndarray:
+    "The network's [-1, 1] on an intensity scale: the training targets' own, if their map was one for every volume, else the first input's."
+    tn = Normalizer.from_dict(info['target_normalizer']) if info.get('target_normalizer') else None
+    if tn is not None and tn.fixed_map:
+        xp, fp = tn.segments(np.zeros(1))                 # (a fixed map: the same whatever the volume)
+        return tn.invert(y, {'xp': xp, 'fp': fp})
+    return first.invert(y, stats)
+
 def translate_volume(G:nn.Module, info:dict, # from `load_translator`
                      images:Mapping[str, Volume]|Volume, # modality -> Volume (a `Subject` works), or the one input volume
                      plane:str|None=None, # slicing plane (None: the model's)
@@ -131,7 +140,7 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
     y[brain] = translate_slices(G, xp[brain], batch_size, progress)                   # ...except where there is brain
     y = CropPad((len(x), 1, *x.shape[2:]), sizes).invert(y, -1)[:, 0]                   # one output channel, whatever the inputs
     y = np.moveaxis(y, 0, ax)                                                          # back to (X, Y, Z) of the work grid
-    y = norms[0].invert(y, normed[0][1]) if denormalize else y.astype(np.float32)
+    y = _denormalize(y, info, norms[0], normed[0][1]) if denormalize else y.astype(np.float32)
     if info['spacing']: y = _unresample(y, vols[0].shape, np.asarray(work[0].spacing) / np.asarray(vols[0].spacing))
     background = 0.0 if denormalize else -1.0
     return vols[0].with_data(np.where(mask, y, np.float32(background)).astype(np.float32))
@@ -139,10 +148,12 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
 # %% ../nbs/11_translate.ipynb #ddfa694b
 def provenance(info:dict, # from `load_translator`
                inputs:Mapping[str, Path], # source modality -> the file it was read from
+               checkpoint_sha256:str|None=None, # the checkpoint's hash, if known (a dataset's subjects share one)
                **settings) -> dict:
     "What made a translated volume: brainkit, model, checkpoint (path, SHA-256, epoch), direction, inputs and settings."
     ck = Path(info['checkpoint']); ck = ck/'checkpoint.pt' if ck.is_dir() else ck
-    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()), 'checkpoint_sha256': file_sha256(ck),
+    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()),
+            'checkpoint_sha256': checkpoint_sha256 or file_sha256(ck),
             'epoch': info['epoch'], 'direction': info['direction'], 'target': info['target'],
             'inputs': {m: str(Path(p).resolve()) for m, p in inputs.items()}, 'plane': info['plane'],
             'settings': settings, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
@@ -165,6 +176,9 @@ def _output_file(out:Path, s:Subject, target:str, layout:str) -> Path:
     if target not in s.layout.files or s.root is None or s.layout.name == 'folder':
         raise BrainkitError(s.root or s.id, f"the {s.layout.name} layout has no file name for {target!r}",
                             "write the generic layout instead (layout='subjects', --layout subjects)")
+    if (own := find_file(s.files[target])) is not None:        # never pass a synthetic volume off under a real file's name
+        raise BrainkitError(own, f"is subject {s.id}'s own {target}: in the input's layout the translation would take its place",
+                            "write the generic layout instead (layout='subjects', --layout subjects), which keeps both apart")
     return out/s.root.name/s.layout.files[target].format(id=s.id)
 
 def _bring_inputs(out:Path, s:Subject):
@@ -178,6 +192,20 @@ def _bring_inputs(out:Path, s:Subject):
         except OSError: shutil.copy2(p, dest)
 
 # %% ../nbs/11_translate.ipynb #1dcfd00c
+def _open_input(inp:Path, dataset:str, info:dict):
+    "The input folder as a dataset; a plain folder of files gives each file as the model's one input modality."
+    ds = open_dataset(inp, dataset)
+    if ds.layout.name != 'folder': return ds
+    parts = [s.id.rsplit('_', 1) for s in ds]
+    if len(parts) > 1 and all(len(p) == 2 and p[1].lower() in (*MODALITIES, *LABEL_KEYS) for p in parts) and len({p[0] for p in parts}) == 1:
+        raise BrainkitError(inp, f"holds one subject's modalities ({', '.join(s.id for s in ds)}), but its name is not the "
+                            f"subject id {parts[0][0]!r} that its files use", f"rename the folder to {parts[0][0]} (then it "
+                            "is one subject), or give the input file itself as --input")
+    if len(info['sources']) != 1:
+        raise BrainkitError(inp, f"is a plain folder of files, but the model takes {' + '.join(info['sources'])}",
+                            "give a folder of subjects (each holding every input modality)")
+    return open_dataset(inp, 'folder', modality=info['sources'][0])
+
 def _refuse_input(path:Path, inputs:Sequence[Path]):
     if any(path.exists() and p.exists() and path.resolve() == p.resolve() for p in inputs):
         raise BrainkitError(path, "is one of the input files: refusing to overwrite it", "choose another output name")
@@ -200,20 +228,23 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
         _refuse_input(out, [inp])
         return [save_translation(translate_volume(G, info, load_volume(inp), progress=progress, **kw), out,
                                  provenance(info, {info['sources'][0]: inp}, **kw))]
-    ds = open_dataset(inp, dataset)
+    ds = _open_input(inp, dataset, info)
     single = is_nifti_path(out)
     if single and len(ds) != 1:
         raise BrainkitError(out, f"is one file, but {inp} holds {len(ds)} subjects",
                             "give an output folder for a dataset, or one subject's folder as --input")
-    written, failed = [], {}
+    written, failed, sha = [], {}, file_sha256(Path(checkpoint)/'checkpoint.pt' if Path(checkpoint).is_dir() else checkpoint)
     for s in tqdm(list(ds), desc=f"translate {'+'.join(info['sources'])} -> {info['target']}", disable=not progress or single):
         try:
             path = out if single else _output_file(out, s, info['target'], layout)
             _refuse_input(path, [f for f in s.files.values()])
             if not single and layout == 'input': _bring_inputs(out, s)
-            prov = provenance(info, {m: s.path(m) for m in info['sources']}, **kw, layout=layout)
+            prov = provenance(info, {m: s.path(m) for m in info['sources']}, sha, **kw, layout=layout)
             written.append(save_translation(translate_volume(G, info, s, **kw), path, prov))
         except BrainkitError as e: failed[s.id] = [str(e)]
+    if written and not single:                            # the output says what it is: open_dataset need not guess
+        write_dataset_file(out, 'subjects' if layout == 'subjects' else ds.layout.name, written_by='brainkit translate',
+                           model=info['model'], checkpoint=str(Path(checkpoint).resolve()), direction=info['direction'])
     if failed:
         log.warning("%d of %d subject(s) translated into %s; %d failed", len(written), len(ds), out, len(failed))
         raise DatasetScanError(inp, f"{len(failed)} of {len(ds)} subject(s) could not be translated "

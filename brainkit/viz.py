@@ -52,7 +52,9 @@ def show_slice(ax, # a matplotlib Axes
                data:np.ndarray|Volume, # canonical RAS volume, or one slice of `plane` (2-D, its axes in RAS order)
                plane:str='axial', index:int|None=None, # slice (default: the middle one)
                seg:np.ndarray|Volume|None=None, # labels to overlay
-               title:str='', letters:bool=True, alpha:float=0.45, **imshow_kw):
+               title:str='', letters:bool=True, alpha:float=0.45,
+               letter_color:str='yellow', # the orientation letters' colour (dark on a light colour map)
+               **imshow_kw):
     "Draw one slice in the radiological convention, with an optional label overlay and orientation letters."
     if isinstance(data, Volume): imshow_kw.setdefault('aspect', _aspect(data, plane)); data = data.data
     if np.ndim(data) == 2: data, index = np.expand_dims(data, plane_axis(plane)), 0   # a slice, e.g. from a dataset
@@ -65,7 +67,7 @@ def show_slice(ax, # a matplotlib Axes
     if letters:
         l, r, t, b = EDGE_LETTERS[plane]
         for x, y, ch in ((0.03, 0.5, l), (0.97, 0.5, r), (0.5, 0.96, t), (0.5, 0.04, b)):
-            ax.text(x, y, ch, transform=ax.transAxes, color='yellow', fontsize=9, ha='center', va='center')
+            ax.text(x, y, ch, transform=ax.transAxes, color=letter_color, fontsize=9, ha='center', va='center')
     ax.set_title(title, fontsize=10); ax.set_axis_off()
     return ax
 

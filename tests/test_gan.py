@@ -113,10 +113,38 @@ def test_the_checkpoint_describes_every_direction_the_same_way(tmp_path):
     train_cyclegan({**tiny, 'spacing': 4.8}, tmp_path/'c', progress=False)
     p, c = (load_checkpoint(tmp_path/x)['meta']['directions'] for x in 'pc')
     assert list(p) == ['AtoB'] and list(c) == ['AtoB', 'BtoA']
-    for d in (*p.values(), *c.values()): assert set(d) == {'net', 'sources', 'target', 'normalizers'} and set(d['normalizers']) == set(d['sources'])
+    for d in (*p.values(), *c.values()): assert set(d) == {'net', 'sources', 'target', 'normalizers', 'target_normalizer'} and set(d['normalizers']) == set(d['sources'])
     assert (p['AtoB']['net'], p['AtoB']['sources'], p['AtoB']['target']) == ('G', ['t1', 'flair'], 't2')
     assert (c['BtoA']['net'], c['BtoA']['sources'], c['BtoA']['target']) == ('G_B', ['t1'], 't1')
     for x, dirs in (('p', p), ('c', c)):
         for name in dirs:
             G, info = load_translator(tmp_path/x, name, device='cpu')
             assert info['sources'] == dirs[name]['sources'] and info['model'] == {'p': 'pix2pix', 'c': 'cyclegan'}[x]
+
+
+def test_names_are_unique_and_unknown_names_are_clear_errors():
+    from brainkit.gan import translator
+    Impostor = type('Pix2Pix', (L1Map,), {'name': 'pix2pix'})          # another class under a taken name
+    with pytest.raises(ValueError, match="named 'pix2pix' is registered already"): register_translator(Impostor)
+    assert translators()['pix2pix'] is Pix2Pix
+    with pytest.raises(KeyError, match="no translation model 'provogan' is registered .*pix2pix"): translator('provogan')
+
+
+def test_the_kits_models_are_found_without_an_installed_entry_point(monkeypatch):
+    "A checkout on PYTHONPATH (not pip-installed) has no entry points: the registry reads its settings.ini."
+    import importlib.metadata, brainkit.gan as G
+    monkeypatch.setattr(importlib.metadata, 'entry_points', lambda **kw: [])
+    monkeypatch.setattr(G, '_TRANSLATORS', {})
+    assert {'pix2pix', 'cyclegan'} <= set(G.translators())
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused(tmp_path):
+    from brainkit.train import FORMAT, save_checkpoint
+    save_checkpoint(tmp_path/'new.pt', {'format': FORMAT + 1, 'brainkit': '9.9', 'kind': 'pix2pix', 'nets': {}, 'meta': {}})
+    with pytest.raises(CheckpointError, match='(?s)does not know.*upgrade brainkit'): load_checkpoint(tmp_path/'new.pt')
+
+
+def test_configs_take_keywords_only():
+    from brainkit.segment import SegConfig
+    for cls in (Pix2PixConfig, CycleGANConfig, SegConfig):
+        with pytest.raises(TypeError): cls('/data')                      # a folder given positionally would land in `epochs`

@@ -1,5 +1,7 @@
 """The library is a layer cake (README, "The modules"): a module imports only from layers below it, or from modules
-before it in its own layer, never from above, and never another module's `_private` names."""
+before it in its own layer, never from above, and never another module's `_private` names. (One dependency runs
+upwards by design and is not an import: `brainkit.gan.translators()` loads the models that declare themselves as
+entry points, as plugins.)"""
 import ast
 from pathlib import Path
 
@@ -14,8 +16,9 @@ def imports(path:Path) -> list[tuple[str, str, int]]:
     out = []
     for n in ast.walk(ast.parse(path.read_text())):
         if isinstance(n, ast.ImportFrom) and (n.level or (n.module or '').startswith('brainkit')):
-            mod = (n.module or '').removeprefix('brainkit').lstrip('.') or '__init__'
-            out += [(mod, a.name, n.lineno) for a in n.names]
+            mod = (n.module or '').removeprefix('brainkit').lstrip('.')
+            if mod: out += [(mod, a.name, n.lineno) for a in n.names]
+            else: out += [('__init__', a.name, n.lineno) if a.name.startswith('__') else (a.name, '*', n.lineno) for a in n.names]   # `from . import io`
         elif isinstance(n, ast.Import):
             out += [(a.name.removeprefix('brainkit.'), '*', n.lineno) for a in n.names if a.name.startswith('brainkit.')]
     return out

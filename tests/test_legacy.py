@@ -26,12 +26,20 @@ def subject(sid):
 
 
 def test_the_fixtures_are_format_1_checkpoints():
-    for name in ('pix2pix', 'pix2pix_multi', 'cyclegan'):
-        meta = load_checkpoint(LEGACY/name)['meta']
-        assert 'generators' in meta and 'directions' not in meta, name     # the old description, as written then
+    for name in ('pix2pix', 'pix2pix_multi', 'cyclegan', 'cyclegan_t2_nyul'):
+        ck = load_checkpoint(LEGACY/name)
+        assert ck['format'] == 1 and 'generators' in ck['meta'] and 'directions' not in ck['meta'], name   # as written then
 
 
-@pytest.mark.parametrize('key', ['pix2pix_AtoB', 'pix2pix_multi_AtoB', 'cyclegan_AtoB', 'cyclegan_BtoA'])
+def test_the_two_domains_of_an_old_cyclegan_keep_their_own_modality_and_normalizer():
+    a, b = (load_translator(LEGACY/'cyclegan_t2_nyul', d, device='cpu')[1] for d in ('AtoB', 'BtoA'))
+    assert (a['sources'], a['target'], b['sources'], b['target']) == (['t1'], 't2', ['t2'], 't1')
+    la, lb = a['normalizers']['t1']['landmarks'], b['normalizers']['t2']['landmarks']
+    assert la != lb and len(la) == len(lb) == 11                         # A's and B's own fitted landmarks
+
+
+@pytest.mark.parametrize('key', ['pix2pix_AtoB', 'pix2pix_multi_AtoB', 'cyclegan_AtoB', 'cyclegan_BtoA',
+                                 'cyclegan_t2_nyul_AtoB', 'cyclegan_t2_nyul_BtoA'])
 def test_old_translation_checkpoints_load_with_their_directions(key):
     name, direction = key.rsplit('_', 1)
     G, info = load_translator(LEGACY/name, direction, device='cpu')
@@ -40,7 +48,7 @@ def test_old_translation_checkpoints_load_with_their_directions(key):
     for d in info['normalizers'].values(): Normalizer.from_dict(d)      # the old full dicts still build normalizers
 
 
-@pytest.mark.parametrize('key', ['pix2pix_AtoB', 'cyclegan_AtoB', 'cyclegan_BtoA'])
+@pytest.mark.parametrize('key', ['pix2pix_AtoB', 'cyclegan_AtoB', 'cyclegan_BtoA', 'cyclegan_t2_nyul_AtoB', 'cyclegan_t2_nyul_BtoA'])
 def test_old_translation_checkpoints_translate_as_they_did(key):
     name, direction = key.rsplit('_', 1)
     want = EXPECTED[key]

@@ -85,7 +85,7 @@ def test_a_dataset_folder_gives_one_file_per_subject_and_a_subject_folder_one_fi
     r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
     assert r.returncode == 0, r.stderr
     # (issue 12 changed this layout on purpose: flat <id>_<target>.nii.gz files were no dataset any reader opens)
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['BraTS2021_90000', 'BraTS2021_90001']
+    assert sorted(p.name for p in (tmp_path/'out').iterdir() if p.is_dir()) == ['BraTS2021_90000', 'BraTS2021_90001']
     for sid in ('BraTS2021_90000', 'BraTS2021_90001'):
         check_in_input_space(tmp_path/'out'/sid/f'{sid}_t2.nii.gz', data/sid/f'{sid}_t1.nii.gz')
     r = brainkit('translate', '--checkpoint', p2p, '--input', data/'BraTS2021_90001', '--output', tmp_path/'one.nii.gz')
@@ -175,7 +175,7 @@ def test_a_broken_subject_does_not_stop_the_others(p2p, tmp_path):
     blob = broken.read_bytes(); broken.write_bytes(blob[:len(blob) // 2])   # a download cut short
     r = brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == [sids[0], sids[2]]   # (subject folders since issue 12)
+    assert sorted(p.name for p in (tmp_path/'out').iterdir() if p.is_dir()) == [sids[0], sids[2]]   # (subject folders since issue 12)
     assert all((tmp_path/'out'/sid/f'{sid}_t2.nii.gz').is_file() for sid in (sids[0], sids[2]))
     assert sids[1] in r.stderr and str(broken) in r.stderr, r.stderr        # the broken file, named whole
 
@@ -265,3 +265,51 @@ def test_a_model_with_several_inputs_translates_a_subject(tmp_path):
     r = brainkit('translate', '--checkpoint', tmp_path/'multi', '--input', samples_dir('brats')/SID, '--output', tmp_path/'o.nii.gz')
     assert r.returncode == 0, r.stderr
     check_in_input_space(tmp_path/'o.nii.gz', t1_of())
+
+
+def test_a_translated_dataset_declares_its_layout_so_scan_passes(p2p, tmp_path):
+    from brainkit.io import DATASET_FILE, open_dataset
+    data = tmp_path/'BraTS2021'
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001'): shutil.copytree(samples_dir('brats')/sid, data/sid)
+    assert brainkit('translate', '--checkpoint', p2p, '--input', data, '--output', tmp_path/'out').returncode == 0
+    assert (tmp_path/'out'/DATASET_FILE).is_file()
+    ds = open_dataset(tmp_path/'out')
+    assert ds.layout.name == 'subjects' and sorted(ds[0].files) == ['t2']   # not a BraTS 2021 folder missing four files
+    r = brainkit('scan', tmp_path/'out')
+    assert r.returncode == 0, r.stderr
+    assert open_dataset(tmp_path/'out'/'BraTS2021_90001').ids == ['BraTS2021_90001']   # one subject's folder of it too
+
+
+def test_a_plain_folder_of_files_is_translated_file_by_file(p2p, tmp_path):
+    from brainkit.io import open_dataset
+    plain = tmp_path/'plain'; plain.mkdir()
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001'): shutil.copy(samples_dir('brats')/sid/f'{sid}_t1.nii.gz', plain/f'{sid[-5:]}.nii.gz')
+    written = translate_path(p2p, plain, tmp_path/'out', device='cpu', progress=False)
+    assert sorted(p.parent.name for p in written) == ['90000', '90001']
+    check_in_input_space(tmp_path/'out'/'90000'/'90000_t2.nii.gz', plain/'90000.nii.gz')
+    # but one subject's modalities, in a folder not named like the subject, are not a folder of separate t1 volumes
+    one = tmp_path/'patient1'; shutil.copytree(samples_dir('brats')/SID, one)
+    r = brainkit('translate', '--checkpoint', p2p, '--input', one, '--output', tmp_path/'p.nii.gz')
+    assert r.returncode == 1 and f"holds one subject's modalities" in r.stderr and f"rename the folder to {SID}" in r.stderr, r.stderr
+    assert not (tmp_path/'p.nii.gz').exists()
+
+
+def test_the_input_layout_never_replaces_a_real_file_with_a_synthetic_one(p2p, tmp_path):
+    data = tmp_path/'BraTS2021'/SID; shutil.copytree(samples_dir('brats')/SID, data)   # its real t2 is there
+    r = brainkit('translate', '--checkpoint', p2p, '--input', data.parent, '--output', tmp_path/'plus', '--layout', 'input')
+    assert r.returncode == 1 and f"is subject {SID}'s own t2" in r.stderr and '--layout subjects' in r.stderr, r.stderr
+    assert not (tmp_path/'plus'/SID/f'{SID}_t2.nii.gz').exists()
+
+
+def test_a_fixed_scale_target_comes_back_on_the_targets_scale(tmp_path):
+    "normalization 'none': one scale per modality, fitted on the training volumes; the output uses the target's."
+    from brainkit.preprocess import Normalizer, brain_mask
+    from brainkit.train import load_checkpoint
+    r = brainkit('train', 'pix2pix', '--out', tmp_path/'none', *TINY, '--sources', 't1', 'flair', '--normalization', 'none')
+    assert r.returncode == 0, r.stderr
+    G, info = load_translator(tmp_path/'none', device='cpu')
+    scale_t2 = Normalizer.from_dict(load_checkpoint(tmp_path/'none')['meta']['normalizers']['t2']).scale
+    s = {m: load_volume(samples_dir('brats')/SID/f'{SID}_{m}.nii.gz') for m in ('t1', 'flair')}
+    raw, out = translate_volume(G, info, s, denormalize=False).data, translate_volume(G, info, s).data
+    brain = brain_mask(s['t1'])
+    np.testing.assert_allclose(out[brain], (raw[brain] + 1) / 2 * scale_t2, rtol=1e-5, atol=1e-3 * scale_t2)

@@ -14,6 +14,8 @@ def run(*a): r = subprocess.run([EXE, '-q', *a], capture_output=True, text=True)
 run('train', 'pix2pix', '--out', str(out/'pix2pix'), *TINY, '--size', '32')
 run('train', 'pix2pix', '--out', str(out/'pix2pix_multi'), *TINY, '--size', '32', '--sources', 't1', 'flair')
 run('train', 'cyclegan', '--out', str(out/'cyclegan'), *TINY, '--size', '32', '--spacing', '4.8')
+run('train', 'cyclegan', '--out', str(out/'cyclegan_t2_nyul'), *TINY, '--size', '32', '--spacing', '4.8', '--b-modality', 't2',
+    '--normalization', 'nyul')   # two domains with different modalities and fitted normalizers: A and B cannot be confused
 run('segment', 'train', '--out', str(out/'segment'), '--epochs', '1', '--epochs-decay', '0', '--base', '2', '--size', '32', '--device', 'cpu', '--batch-size', '8')
 from brainkit.translate import load_translator, translate_volume
 from brainkit.io import open_dataset, samples_dir
@@ -22,7 +24,8 @@ h = open_dataset(samples_dir('hcp'))[0]
 res = {}
 G, info = load_translator(out/'pix2pix_multi', 'AtoB', 'cpu')
 res['pix2pix_multi_AtoB'] = {'info': {k: info[k] for k in ('sources', 'target', 'plane', 'size', 'spacing', 'normalizers', 'epoch')}}
-for name, d, subj in (('pix2pix', 'AtoB', s), ('cyclegan', 'AtoB', h), ('cyclegan', 'BtoA', s)):
+for name, d, subj in (('pix2pix', 'AtoB', s), ('cyclegan', 'AtoB', h), ('cyclegan', 'BtoA', s),
+                      ('cyclegan_t2_nyul', 'AtoB', h), ('cyclegan_t2_nyul', 'BtoA', s)):
     G, info = load_translator(out/name, d, 'cpu')
     y = translate_volume(G, info, subj).data
     res[f'{name}_{d}'] = {'info': {k: info[k] for k in ('sources', 'target', 'plane', 'size', 'spacing', 'normalizers', 'epoch')},
