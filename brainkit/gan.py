@@ -188,16 +188,20 @@ def upgrade_meta(meta:Mapping) -> dict:
 _TRANSLATORS: dict[str, type] = {}
 ENTRY_POINTS = 'brainkit.translators'
 
+def _same_class(a:type, b:type) -> bool:
+    "Whether `a` and `b` are one class defined twice: a notebook cell rerun, or a library class defined in its notebook."
+    return a.__qualname__ == b.__qualname__ and (a.__module__ == b.__module__ or '__main__' in (a.__module__, b.__module__))
+
 def register_translator(cls:type) -> type:
     "Add a translation model class (one that follows `TranslationModel`) to the registry, under `cls.name`."
     missing = [a for a in ('name', 'Config', 'loss_names', 'visual_names', 'score_name', 'step', 'prepare') if not hasattr(cls, a)]
     if missing: raise TypeError(f"{cls.__name__} does not follow the TranslationModel contract: it has no {', '.join(missing)}")
     if not (isinstance(cls.Config, type) and all(hasattr(cls.Config, a) for a in ('problems', 'from_dict', 'slicing', 'subject_seed'))):
         raise TypeError(f"{cls.__name__}.Config must be a GANConfig subclass")   # (checked by its members: a notebook redefines the class)
-    if (old := _TRANSLATORS.get(cls.name)) is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+    if (old := _TRANSLATORS.get(cls.name)) is not None and not _same_class(old, cls):
         raise ValueError(f"a translation model named {cls.name!r} is registered already ({old.__module__}.{old.__qualname__}): "
                          "give the new one another `name`")
-    _TRANSLATORS[cls.name] = cls                    # (the same class defined again, as a notebook cell rerun does, replaces it)
+    _TRANSLATORS[cls.name] = cls                    # (the same class defined again replaces it)
     return cls
 
 def _declared_translators() -> list[tuple[str, str]]:
