@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMAT', 'MUTABLE', 'AMP', 'seed_everything', 'linear_decay', 'CheckpointError', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'load_nets', 'Run', 'Precision', 'Dist', 'init_distributed',
-           'distributed_sampler', 'wrap_ddp', 'save_grid', 'fit', 'prepare_out_dir', 'TrainConfig']
+           'save_checkpoint', 'checkpoint_file', 'load_checkpoint', 'load_nets', 'Run', 'Precision', 'Dist',
+           'init_distributed', 'distributed_sampler', 'wrap_ddp', 'save_grid', 'fit', 'prepare_out_dir', 'TrainConfig']
 
 # %% ../nbs/06_train.ipynb #d947860c
 def seed_everything(seed:int=0):
@@ -85,13 +85,17 @@ def save_checkpoint(path:str|Path, # where to write (atomically)
 _INTACT = "use an intact copy; a run keeps its previous checkpoint if it was killed while saving"
 def _first_line(e:Exception) -> str: return (str(e).splitlines() or [''])[0][:160]
 
+def checkpoint_file(path:str|Path) -> Path:
+    "The checkpoint a path names: the file itself, or a run folder's `checkpoint.pt`."
+    path = Path(path)
+    return path/'checkpoint.pt' if path.is_dir() else path
+
 def load_checkpoint(path:str|Path, # a checkpoint written by brainkit
                     kind:str|None=None, # the model it must be from ('segment', 'pix2pix', ...); None: any
                     map_location='cpu',
                    ) -> dict:
     "Load a brainkit checkpoint with `weights_only=True`; refuse missing, damaged, unsafe or wrong-model files clearly."
-    path = Path(path)
-    if path.is_dir(): path = path/'checkpoint.pt'
+    path = checkpoint_file(path)
     if not path.is_file():
         raise MissingFileError(path, "no such checkpoint", "give the checkpoint.pt of a training run (or the run's folder)")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)

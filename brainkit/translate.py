@@ -22,7 +22,7 @@ from .io import (LABEL_KEYS, LAYOUTS, MODALITIES, BrainkitError, DatasetScanErro
                          check_same_grid, file_sha256, find_file, is_nifti_path, write_dataset_file, load_volume, open_dataset, plane_axis, save_volume)
 from .preprocess import CropPad, Normalizer, brain_mask, resample
 from .networks import generator, generator_spec, pick_device
-from .train import CheckpointError, load_checkpoint, load_nets
+from .train import CheckpointError, checkpoint_file, load_checkpoint, load_nets
 from .gan import translate_batch, upgrade_meta
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or
     info = {'model': ck['kind'], 'direction': direction, 'sources': list(d['sources']), 'target': d['target'],
             'plane': meta['plane'], 'size': meta['size'], 'spacing': meta.get('spacing'), 'normalizers': d['normalizers'],
             'target_normalizer': d.get('target_normalizer'),
-            'network': ck['specs'][d['net']], 'checkpoint': str(checkpoint), 'epoch': ck['epoch']}
+            'network': ck['specs'][d['net']], 'checkpoint': str(checkpoint_file(checkpoint).resolve()), 'epoch': ck['epoch']}
     return G.to(pick_device(device)).eval(), info
 
 # %% ../nbs/11_translate.ipynb #dbc8d216
@@ -151,9 +151,8 @@ def provenance(info:dict, # from `load_translator`
                checkpoint_sha256:str|None=None, # the checkpoint's hash, if known (a dataset's subjects share one)
                **settings) -> dict:
     "What made a translated volume: brainkit, model, checkpoint (path, SHA-256, epoch), direction, inputs and settings."
-    ck = Path(info['checkpoint']); ck = ck/'checkpoint.pt' if ck.is_dir() else ck
-    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': str(ck.resolve()),
-            'checkpoint_sha256': checkpoint_sha256 or file_sha256(ck),
+    return {'brainkit': __version__, 'model': info['model'], 'checkpoint': info['checkpoint'],
+            'checkpoint_sha256': checkpoint_sha256 or file_sha256(info['checkpoint']),
             'epoch': info['epoch'], 'direction': info['direction'], 'target': info['target'],
             'inputs': {m: str(Path(p).resolve()) for m, p in inputs.items()}, 'plane': info['plane'],
             'settings': settings, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
@@ -173,7 +172,7 @@ def _output_file(out:Path, s:Subject, target:str, layout:str) -> Path:
     "Where subject `s`'s translated `target` goes under dataset folder `out`."
     if layout == 'subjects': return out/s.id/f'{s.id}_{target}.nii.gz'
     if layout != 'input': raise ValueError(f"layout must be 'subjects' or 'input', not {layout!r}")
-    if target not in s.layout.files or s.root is None or s.layout.name == 'folder':
+    if target not in s.layout.files or s.root is None:
         raise BrainkitError(s.root or s.id, f"the {s.layout.name} layout has no file name for {target!r}",
                             "write the generic layout instead (layout='subjects', --layout subjects)")
     if (own := find_file(s.files[target])) is not None:        # never pass a synthetic volume off under a real file's name
@@ -233,7 +232,7 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
     if single and len(ds) != 1:
         raise BrainkitError(out, f"is one file, but {inp} holds {len(ds)} subjects",
                             "give an output folder for a dataset, or one subject's folder as --input")
-    written, failed, sha = [], {}, file_sha256(Path(checkpoint)/'checkpoint.pt' if Path(checkpoint).is_dir() else checkpoint)
+    written, failed, sha = [], {}, file_sha256(info['checkpoint'])
     for s in tqdm(list(ds), desc=f"translate {'+'.join(info['sources'])} -> {info['target']}", disable=not progress or single):
         try:
             path = out if single else _output_file(out, s, info['target'], layout)
@@ -244,7 +243,7 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
         except BrainkitError as e: failed[s.id] = [str(e)]
     if written and not single:                            # the output says what it is: open_dataset need not guess
         write_dataset_file(out, 'subjects' if layout == 'subjects' else ds.layout.name, written_by='brainkit translate',
-                           model=info['model'], checkpoint=str(Path(checkpoint).resolve()), direction=info['direction'])
+                           model=info['model'], checkpoint=info['checkpoint'], direction=info['direction'])
     if failed:
         log.warning("%d of %d subject(s) translated into %s; %d failed", len(written), len(ds), out, len(failed))
         raise DatasetScanError(inp, f"{len(failed)} of {len(ds)} subject(s) could not be translated "
