@@ -10,6 +10,10 @@ Writes `bench/results/data.json`. Run: `.venv/bin/python bench/bench_data.py` (o
 2. Cache build time of the synthetic subject (t1 alone; t1, t1ce, t2, flair and seg), and the cache's size on disk.
 3. Peak RSS (VmHWM) of iterating every item of `PairedSlices(t1 -> t2)` once through `make_loader(workers=0)`,
    for 8 subjects and for 80, each in a fresh subprocess, caches built beforehand. Target: 80/8 <= 1.2.
+4. Checksums (no targets): what verifying one BraTS-sized entry (240x240x155 float32) costs the first time a process
+   opens it (CRC-32 and the alternatives, s/GB); the code before checksums (git commit `--before`, default 5b591b5)
+   and today's, opening and reading the same cache side by side in this one process; and the walk that removes
+   stale temporary files, on a cache of `--tidy-entries` entries.
 The per-step cost of a cache build is always added; that of a cache read when a throughput target is missed
 (or with --profile).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
 import json
 import os
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import deque
 from pathlib import Path
 
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import check, format_checks, stats, time_fn, time_interleaved, write_result  # noqa: E402
 from bench_io import LPS_AFFINE, SHAPE, synthetic_brain  # noqa: E402  (the same synthetic volume as bench_io)
 
+import brainkit.data as bd  # noqa: E402
 import brainkit.io as bio  # noqa: E402
 from brainkit.data import PairedSlices, Prep, SliceCache, SliceSet, make_loader  # noqa: E402
 from brainkit.preprocess import Normalizer  # noqa: E402
@@ -350,6 +357,143 @@ def bench_rss(small_root:Path, big_root:Path, cache_dir:Path, batch_size:int, ru
     return out, chk
 
 
+# --- 4. checksums: what verifying an entry costs, and the cache before and after checksums ----------------------
+
+BEFORE_REF = '5b591b5'       # the last commit whose slice cache had no checksums (issue 13)
+
+
+def _this_process_forgets():
+    "Forget which entries this process verified: the next open checks them as a new process would."
+    bd._this_process()['entries'].clear()
+
+
+def _chunked(path:Path, start:int, update, chunk:int=1 << 20):
+    "A call that feeds `path`'s bytes from `start` on to `update(memoryview)` in `chunk`-byte pieces through one buffer."
+    def run():
+        buf = memoryview(bytearray(chunk))
+        with open(path, 'rb') as f:
+            f.seek(start)
+            while (k := f.readinto(buf)): update(buf[:k])
+    return run
+
+
+def bench_verify(subject, tmp:Path, repeats:int) -> dict:
+    "The cost of verifying one entry of a BraTS-sized volume (240x240x155 float32, 35.7 MB): checksums, the check, opens."
+    cache, src, prep = SliceCache(tmp/'verify-cache'), subject.path('t1'), Prep.make('axial', None, Normalizer())
+    info = cache.info(src, prep)
+    npy = cache.paths(src, prep)[0]
+    h0, arr = info['header_bytes'], np.load(npy)
+    data_bytes = npy.stat().st_size - h0
+    crc, adler = [0], [1]
+    fns = {'read only, 1 MiB chunks (no checksum)': _chunked(npy, h0, lambda b: None),
+           'zlib.crc32, file in 1 MiB chunks (what is used)': _chunked(npy, h0, lambda b: crc.__setitem__(0, zlib.crc32(b, crc[0]))),
+           'zlib.adler32, file in 1 MiB chunks': _chunked(npy, h0, lambda b: adler.__setitem__(0, zlib.adler32(b, adler[0]))),
+           'hashlib.sha256, file in 1 MiB chunks': lambda: _chunked(npy, h0, hashlib.sha256().update)(),
+           'hashlib.blake2b, file in 1 MiB chunks': lambda: _chunked(npy, h0, hashlib.blake2b().update)(),
+           'zlib.crc32 of the array in memory (at write)': lambda: zlib.crc32(memoryview(arr).cast('B')),
+           'entry_problem(npy, info): size, header, CRC-32': lambda: bd.entry_problem(npy, info),
+           'SliceCache.info, first open in a process (verifies)': lambda: (_this_process_forgets(), cache.info(src, prep)),
+           'SliceCache.info, later opens (verified already)': lambda: cache.info(src, prep)}
+    try:
+        import xxhash                                                    # not a dependency: measured only where installed
+        fns['xxhash.xxh3_64, file in 1 MiB chunks'] = lambda: _chunked(npy, h0, xxhash.xxh3_64().update)()
+        xx = xxhash.VERSION
+    except ImportError: xx = None
+    ts = time_interleaved(fns, repeats=repeats, warmup=1)
+    gb = data_bytes / 1e9
+    out = {'entry': {'source': "the synthetic BraTS-sized t1, Prep.make('axial', None, Normalizer())",
+                     'shape': info['shape'], 'dtype': info['dtype'], 'bytes': int(npy.stat().st_size)},
+           'xxhash': xx or 'not installed (not measured)',
+           'note': f'the file is in the OS page cache (just written); medians of {repeats} interleaved rounds', 'steps': {}}
+    for k, v in ts.items():
+        s = stats(v)
+        out['steps'][k] = {**s, 's_per_gb': round(s['median_ms'] / 1e3 / gb, 4)}
+    first = out['steps']['SliceCache.info, first open in a process (verifies)']['median_ms']
+    later = out['steps']['SliceCache.info, later opens (verified already)']['median_ms']
+    out['verification_ms_per_entry'] = round(first - later, 3)
+    out['verification_s_per_gb'] = round((first - later) / 1e3 / gb, 4)
+    print(f"verify     one 240x240x155 float32 entry ({npy.stat().st_size/1e6:.1f} MB): first open {first:.2f} ms, "
+          f"later {later:.3f} ms -> verification {first - later:.2f} ms ({(first - later)/1e3/gb:.3f} s/GB); crc32 "
+          f"{out['steps']['zlib.crc32, file in 1 MiB chunks (what is used)']['median_ms']:.2f} ms, read only "
+          f"{out['steps']['read only, 1 MiB chunks (no checksum)']['median_ms']:.2f} ms", flush=True)
+    return out
+
+
+def load_before(ref:str):
+    "`brainkit/data.py` as of git commit `ref`, imported beside the current one (its relative imports use today's io); or why not."
+    import types
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        src = subprocess.run(['git', '-C', str(repo), 'show', f'{ref}:brainkit/data.py'], capture_output=True, text=True,
+                             check=True).stdout
+        sha = subprocess.run(['git', '-C', str(repo), 'rev-parse', ref], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"git cannot show {ref}:brainkit/data.py ({getattr(e, 'stderr', '') or e})".strip()
+    name = 'brainkit._bench_data_before'
+    mod = types.ModuleType(name); mod.__package__, mod.__file__ = 'brainkit', f'<{ref}:brainkit/data.py>'
+    sys.modules[name] = mod
+    exec(compile(src, mod.__file__, 'exec'), mod.__dict__)
+    return mod, sha
+
+
+def bench_before_after(cases:dict, before, tmp:Path, n_reads:int, repeats:int, seed:int=0) -> dict:
+    "The same cache opened and read by the code before checksums and by today's, interleaved, in this one process."
+    out = {}
+    for case, subjects in cases.items():
+        root = tmp/f'before-after-{case}'
+        kw = dict(plane='axial', normalizer=Normalizer(), progress=False)
+        after_set = SliceSet(subjects, ['t1'], cache=SliceCache(root), **kw)          # built (with checksums) by today's code
+        before_set = before.SliceSet(subjects, ['t1'], cache=before.SliceCache(root), **kw)
+        n_entries = len(after_set.subjects)
+        opens = time_interleaved({
+            'before': lambda: before.SliceSet(subjects, ['t1'], cache=before.SliceCache(root), **kw),
+            'after, first open in a process (verifies)': lambda: (_this_process_forgets(),
+                                                                   SliceSet(subjects, ['t1'], cache=SliceCache(root), **kw)),
+            'after, verified already': lambda: SliceSet(subjects, ['t1'], cache=SliceCache(root), **kw)},
+            repeats=repeats, warmup=1)
+        js = np.random.default_rng(seed).integers(len(after_set), size=n_reads)
+        drain = lambda gen: deque(gen, maxlen=0)        # each slice is dropped at once, as a training loop does
+        reads = time_interleaved({'before': lambda: drain(before_set.read(j, ['t1']) for j in js),
+                                  'after': lambda: drain(after_set.read(j, ['t1']) for j in js)}, repeats=repeats, warmup=1)
+        o = {k: stats(v) for k, v in opens.items()}
+        r = {k: {**stats(v), 'us_per_slice': round(stats(v)['median_ms'] * 1e3 / n_reads, 3),
+                 'slices_per_s': round(n_reads / stats(v)['median_ms'] * 1e3, 1)} for k, v in reads.items()}
+        first, old = o['after, first open in a process (verifies)']['median_ms'], o['before']['median_ms']
+        out[case] = {'entries': n_entries, 'slice_shape': list(after_set.files[0]['t1'].shape),
+                     'open_dataset_ms': o, 'open_per_entry_ms': {k: round(v['median_ms'] / n_entries, 3) for k, v in o.items()},
+                     'first_open_over_before': round(first / old, 3),
+                     'reads': {'call': f"SliceSet.read(j, ['t1']), {n_reads} random j per round", **r},
+                     'read_after_over_before': round(r['after']['median_ms'] / r['before']['median_ms'], 4)}
+        print(f"before/after {case:<10} open {n_entries} entries: before {old:.2f} ms, after first {first:.2f} ms, after "
+              f"verified {o['after, verified already']['median_ms']:.2f} ms;  read {r['before']['us_per_slice']:.2f} vs "
+              f"{r['after']['us_per_slice']:.2f} us/slice", flush=True)
+    return out
+
+
+def bench_tidy(tmp:Path, entries:int, repeats:int) -> dict:
+    "The walk that removes stale temporary files once per process and cache folder, on a cache of `entries` entries."
+    root = tmp/'tidy-cache'
+    for i in range(entries):                                   # the layout of a cache: <root>/<2 hex>/<key>.npy and .json
+        key = hashlib.sha256(str(i).encode()).hexdigest()[:32]
+        d = root/key[:2]; d.mkdir(parents=True, exist_ok=True)
+        (d/f'{key}.npy').write_bytes(b''); (d/f'{key}.json').write_text('{}')
+    gone = subprocess.Popen([sys.executable, '-c', 'pass']); gone.wait()
+    stale = []
+    for i in range(10):                                        # temps of a writer that was killed
+        p = bio.temp_path(root/f'{i:02x}'/f'{i:032x}.npy'); p = p.with_name(p.name.replace(f'-{os.getpid()}-', f'-{gone.pid}-'))
+        p.parent.mkdir(exist_ok=True); p.write_bytes(b'x' * 1000); stale.append(p)
+    t0 = time.perf_counter(); removed = bio.remove_stale_temps(root, recursive=True); first = (time.perf_counter() - t0) * 1e3
+    walk = stats(time_fn(lambda: bio.remove_stale_temps(root, recursive=True), repeats=repeats, warmup=1))
+    folders = sum(1 for p in root.iterdir() if p.is_dir())
+    out = {'call': 'brainkit.io.remove_stale_temps(root, recursive=True), as SliceCache calls it once per process and folder',
+           'entries': entries, 'files': 2 * entries, 'folders': folders, 'stale_temps_removed_first_call': len(removed),
+           'first_call_ms': round(first, 3), 'walk_ms': walk, 'us_per_entry': round(walk['median_ms'] * 1e3 / entries, 3)}
+    print(f"tidy       {entries} entries in {folders} folders: {walk['median_ms']:.2f} ms per walk "
+          f"(first call, removing {len(removed)} stale temps: {first:.2f} ms)", flush=True)
+    shutil.rmtree(root)
+    return out
+
+
 # --- main -----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -363,6 +507,8 @@ def main(argv=None):
     ap.add_argument('--profile', action='store_true', help='add the cache-read step breakdown even if the targets are met')
     ap.add_argument('--no-pin', action='store_true', help='do not pin the throughput measurement to one core')
     ap.add_argument('--tmp', default=None, help='folder for the temporary files (default: the system temp dir)')
+    ap.add_argument('--before', default=BEFORE_REF, help="git commit whose brainkit/data.py is compared ('none': skip)")
+    ap.add_argument('--tidy-entries', type=int, default=300, help='entries of the cache the stale-temp walk is timed on')
     ap.add_argument('--iterate-child', nargs=3, metavar=('ROOT', 'CACHE', 'BATCH'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.iterate_child:
@@ -380,15 +526,24 @@ def main(argv=None):
             for case, ds, n_naive in (('samples', samples, a.naive_reads * 4), ('synthetic', syn, a.naive_reads)):
                 thr[case], c = bench_throughput(case, ds.subjects, cache, a.cache_reads, n_naive, a.repeats, a.profile)
                 c1 += c
+            before, ref = (None, 'skipped (--before none)') if a.before == 'none' else load_before(a.before)
+            ba = ({'ref': a.before, 'commit': ref, **bench_before_after({'samples': samples.subjects, 'synthetic': syn.subjects},
+                                                                         before, tmp, a.cache_reads, a.repeats)}
+                  if before is not None else {'ref': a.before, 'skipped': ref})
         finally: unpin(pin)
         shutil.rmtree(tmp/'cache')
         build = bench_build(syn[0], tmp, a.build_repeats)
         rss, c2 = bench_rss(samples.root, replicate_samples(samples.root, tmp/'large', 80), tmp/'rss-cache',
                             a.batch_size, a.rss_runs)
+        verify = bench_verify(syn[0], tmp, a.repeats)
+        tidy = bench_tidy(tmp, a.tidy_entries, a.repeats)
+        real = stats(time_fn(lambda: bio.remove_stale_temps(tmp/'rss-cache', recursive=True), repeats=a.repeats, warmup=1))
+        tidy['rss_cache'] = {'entries': sum(1 for _ in (tmp/'rss-cache').rglob('*.npy')), 'walk_ms': real}
     checks = c1 + c2
     path = write_result('data', {
         'description': 'brainkit.data: slice-cache reads vs a naive per-item .nii.gz loader; cache build time and '
-                       'size; peak RSS of iterating 8 vs 80 subjects',
+                       'size; peak RSS of iterating 8 vs 80 subjects; the cost of verifying entries (checksums), the '
+                       'cache before and after checksums side by side, and the stale-temp walk',
         'settings': {'throughput_repeats': a.repeats, 'throughput_warmup': 1,
                      'throughput_order': 'cache, naive and nibabel_dataobj rounds interleaved, reversed every round',
                      'cache_reads_per_round': a.cache_reads, 'naive_reads_per_round': {'samples': a.naive_reads * 4,
@@ -398,7 +553,8 @@ def main(argv=None):
                      'batch_size': a.batch_size, 'temp_dir': str(Path(tmp).parent),
                      'synthetic_subject': {'id': SYN_ID, 'shape': list(SHAPE), 'dtype': 'int16 (seg uint8)',
                                            'affine': LPS_AFFINE.tolist(), 'orientation': 'LPS', 'modalities': [*MODS, 'seg']}},
-        'throughput': thr, 'build': build, 'peak_rss': rss, 'checks': checks,
+        'throughput': thr, 'build': build, 'peak_rss': rss, 'checksum': {'verify': verify, 'before_after': ba},
+        'stale_temps': tidy, 'checks': checks,
         'all_targets_met': all(c['met'] for c in checks),
         'wall_s': round(time.perf_counter() - t0, 2)})
     print(f"\nbench_data: {sum(c['met'] for c in checks)}/{len(checks)} targets met "

@@ -22,20 +22,20 @@ from .io import BrainkitError, DatasetScanError, open_dataset, samples_dir, LAYO
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'describe_volume', 'lesson_notebooks', 'this_python_kernel', 'run_lessons', 'field_comments',
+__all__ = ['log', 'MAX_LABELS', 'describe_volume', 'lesson_notebooks', 'this_python_kernel', 'run_lessons', 'field_comments',
            'add_config_arguments', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #13f380ff
+MAX_LABELS = 64 # more distinct values than this (a FreeSurfer aseg has about 45), and a volume without a label intent holds intensities
+
 def _label_rule(uniq:np.ndarray|None, # the distinct values, when all are whole numbers (else None)
                 intent_label:bool, # the header's intent is NIFTI_INTENT_LABEL
                ) -> str:
-    "What a volume's values look like: 'label map', 'could be a label map' or 'intensities'."
+    "What a volume's values look like: 'label map', 'could be a label map' or 'intensities' (when unsure)."
     if intent_label: return 'label map'
-    if uniq is None or uniq.size > 256: return 'intensities'
-    if uniq.size <= 16: return 'label map'  # masks, tumour labels, tissue classes
-    nz = uniq[uniq != 0]
-    dense = nz.size >= 0.5 * (float(nz.max()) - float(nz.min()) + 1)  # an image's values fill their range
-    return 'intensities' if dense else 'could be a label map'  # sparse codes: an atlas, or a coarsely stepped image
+    if uniq is None or not uniq.size or uniq.min() < 0 or uniq.size > MAX_LABELS: return 'intensities'
+    if uniq.size <= 16 and uniq.max() <= 255: return 'label map'  # masks, BraTS labels (2021 and 2023), tissue classes
+    return 'could be a label map'                                 # more codes, or large ones: an atlas, or a coarse image
 
 def _voxel_summary(data:np.ndarray, intent_label:bool) -> dict:
     "Non-finite and non-zero voxels, what the values look like, and label counts or intensity percentiles (both if unsure)."
@@ -88,15 +88,16 @@ def _info(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #11bbb93b
 def _scan(args) -> int:
-    ds = open_dataset(args.dataset_dir, args.dataset, modality=args.modality)
-    print(f"{ds.root}: {ds.layout.name}, {len(ds)} subject(s)")
+    ds = open_dataset(args.dataset_dir, args.dataset, modality=args.modality, exclude=args.exclude)
+    missing = list(ds.missing)                               # subject folders that are broken links
+    print(f"{ds.root}: {ds.layout.name}, {len(ds)} subject(s)" + (f", and {len(missing)} that cannot be opened" if missing else ''))
     problems = ds.scan(args.modalities, deep=not args.headers_only, workers=args.workers, raise_errors=False,
                        progress=not args.quiet)
     if not problems:
         print(f"all {len(ds)} subjects passed ({'headers' if args.headers_only else 'headers and voxels'} checked)")
         return 0
     print(DatasetScanError(ds.root, problems=problems), file=sys.stderr)
-    print(f"{len(problems)} of {len(ds)} subjects have problems", file=sys.stderr)
+    print(f"{len(problems)} of {len(ds) + len(missing)} subjects have problems", file=sys.stderr)
     return 1
 
 # %% ../nbs/90_cli.ipynb #cde0bcdd
@@ -237,6 +238,8 @@ def field_comments(cls) -> dict[str, str]:
         for m in re.finditer(r'^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$', src, re.M): out[m.group(1)] = m.group(2).strip()
     return out
 
+_METAVARS = {'exclude': 'ID'}  # what a list option's values are, where NAME would say less
+
 def add_config_arguments(p:argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
     "Add one option per field of dataclass `cls` (given options only: the rest keep the dataclass defaults)."
     import dataclasses
@@ -246,9 +249,10 @@ def add_config_arguments(p:argparse.ArgumentParser, cls) -> argparse.ArgumentPar
         opt, kw = '--' + f.name.replace('_', '-'), dict(dest=f.name, default=argparse.SUPPRESS)
         note = f"{notes[f.name]} " if f.name in notes else ''
         if isinstance(f.default, bool): g.add_argument(opt, action=argparse.BooleanOptionalAction, help=f'{note}(default {f.default})', **kw)
-        elif isinstance(f.default, tuple):
-            g.add_argument(opt, nargs='+', type=type(f.default[0]), metavar='NAME' if isinstance(f.default[0], str) else 'X',
-                           help=f"{note}(default {' '.join(map(str, f.default))})", **kw)
+        elif isinstance(f.default, tuple):               # (an empty default, like `exclude`'s, holds names)
+            t = type(f.default[0]) if f.default else str
+            g.add_argument(opt, nargs='+', type=t, metavar=_METAVARS.get(f.name, 'NAME' if t is str else 'X'),
+                           help=f"{note}(default {' '.join(map(str, f.default)) or 'none'})", **kw)
         else: g.add_argument(opt, type=_optional(_field_type(f)) if 'None' in str(f.type) else _field_type(f),
                              metavar=f.name.upper(), help=f'{note}(default {f.default})'.replace('%', '%%'), **kw)
     return p
@@ -283,22 +287,37 @@ def _segment_predict(args) -> int:
     from tqdm.auto import tqdm
     from brainkit.io import is_nifti_path, save_volume
     from brainkit.segment import load_segmenter, segment_subject
+    from brainkit.translate import open_input
     model, meta = load_segmenter(args.checkpoint, args.device)
-    ds = open_dataset(args.input, args.dataset)
+    ds = open_input(args.input, meta['modalities'], args.dataset, args.modality, args.exclude)
     out = Path(args.output)
     single = is_nifti_path(out)
     if single and len(ds) != 1:
         raise BrainkitError(out, f"is one file, but {args.input} holds {len(ds)} subjects",
                             "give an output folder for a dataset, or one subject's folder as --input")
-    written = []
+    written, failed = [], {}
     for s in tqdm(list(ds), desc='segment', disable=args.quiet or len(ds) == 1):
         path = out if single else out/f'{s.id}_pred.nii.gz'
-        if any(path.resolve() == f.resolve() for f in s.files.values() if f.exists()):
-            raise BrainkitError(path, "is one of the input files: refusing to overwrite it", "choose another output")
-        written.append(save_volume(segment_subject(model, meta, s, args.batch_size), path,
-                                   label_map=s.layout.raw_label_map))
+        try:                                  # a bad subject is reported at the end; the others are still segmented
+            if any(path.resolve() == f.resolve() for f in s.files.values() if f.exists()):
+                raise BrainkitError(path, "is one of the input files: refusing to overwrite it", "choose another output")
+            written.append(save_volume(segment_subject(model, meta, s, args.batch_size), path,
+                                       label_map=s.layout.raw_label_map))
+        except BrainkitError as e: failed[s.id] = [str(e)]
+    if failed:
+        e = DatasetScanError(ds.root, f"{len(failed)} of {len(ds)} subject(s) could not be segmented ({len(written)} "
+                             f"written to {out})", "fix the file each failed subject names and rerun, or leave those "
+                             "subjects out with --exclude ID...", problems=failed)
+        e.written = written
+        return _some_failed(e)
     for w in written: print(w)
     return 0
+
+def _some_failed(e:DatasetScanError) -> int:
+    "Print what a command over a dataset still wrote (stdout), then each subject that failed and the fix (stderr): exit code 1."
+    for w in getattr(e, 'written', []): print(w)
+    print(f"error: {e}\n{e.problem}\n  Fix: {e.fix}", file=sys.stderr)
+    return 1
 
 # %% ../nbs/90_cli.ipynb #0c3b692f
 def _train(args) -> int:
@@ -322,8 +341,13 @@ def _train(args) -> int:
 
 def _translate(args) -> int:
     from brainkit.translate import translate_path
-    for w in translate_path(args.checkpoint, args.input, args.output, args.direction, args.plane, args.batch_size, args.fit,
-                            args.dataset, args.layout, args.device, progress=not args.quiet): print(w)
+    try: written = translate_path(args.checkpoint, args.input, args.output, args.direction, args.plane, args.batch_size,
+                                  args.fit, args.dataset, args.layout, args.device, progress=not args.quiet,
+                                  modality=args.modality, exclude=args.exclude)
+    except DatasetScanError as e:
+        if not hasattr(e, 'written'): raise
+        return _some_failed(e)                      # some subjects failed: list what was written, then what failed
+    for w in written: print(w)
     return 0
 
 # %% ../nbs/90_cli.ipynb #ad25e39c
@@ -332,9 +356,13 @@ def _print_results(res) -> int:
     print(res.markdown(failures=False))
     print(f"\nresults.csv, results.md and results.png are in {res.folder}/")
     bad = res.failed()
-    for r in bad: print(f"{r['status']}: {r['run']}: {r.get('error') or 'no error recorded'}", file=sys.stderr)
+    for r in bad:
+        why = r.get('error') or ('not started' if r['status'] == 'not run' else 'no error recorded')
+        print(f"{r['status']}: {r['run']}: {why}", file=sys.stderr)
+    running = sum(r['status'] == 'running' for r in bad)
     if bad: print(f"{len(bad)} of {len(res.rows)} runs did not finish (each run's run.json and executed notebook say why); "
-                  "rerun the sweep to retry them", file=sys.stderr)
+                  + (f"{running} still running: wait for them, then `brainkit results` again; " if running else '')
+                  + "rerun the sweep to retry the others", file=sys.stderr)
     return 1 if bad else 0
 
 def _sweep(args) -> int:
@@ -346,19 +374,31 @@ def _results(args) -> int:
     return _print_results(collect_results(args.run_dir))
 
 # %% ../nbs/90_cli.ipynb #6bafcc74
-def _quiet_too(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Let `-q` also come after the subcommand (`brainkit translate ... -q`)."
-    p.add_argument('-q', '--quiet', action='store_true', default=argparse.SUPPRESS, help='no progress bars')
+def _global_options(p:argparse.ArgumentParser, default=False) -> argparse.ArgumentParser:
+    "Add the options every command takes, before or after its name (`brainkit -q scan DIR` or `brainkit scan DIR -q`)."
+    # a subcommand's copy has default SUPPRESS: left out there, it never undoes the value given before the command
+    p.add_argument('-q', '--quiet', action='store_true', default=default, help='no progress bars')
     return p
+
+def _subparsers(p:argparse.ArgumentParser):
+    "Every subcommand's parser under `p`, nested ones included (`samples verify`, `train cyclegan`)."
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in dict.fromkeys(a.choices.values()):             # (an alias maps to the same parser)
+                yield sp; yield from _subparsers(sp)
 
 def _train_parser(sub, name:str, what:str, cls, func) -> argparse.ArgumentParser:
     "A training command: --out, --no-resume, and one option per field of the config dataclass `cls`."
-    t = _quiet_too(sub.add_parser(name, help=what))
+    t = sub.add_parser(name, help=what)
     t.add_argument('--out', required=True, help='run folder: checkpoint.pt, logs, metrics.json (resumed if it has a checkpoint)')
     t.add_argument('--no-resume', action='store_true', help='refuse to continue a run whose folder has a checkpoint')
     add_config_arguments(t, cls)
     t.set_defaults(func=func)
     return t
+
+def _exclude_option(p:argparse.ArgumentParser):
+    "`--exclude ID...`, as on the training commands (where it is a config field)."
+    p.add_argument('--exclude', nargs='+', default=(), metavar='ID', help='subject ids to leave out (known-bad subjects)')
 
 def _data_commands(sub):
     "`info`, `scan` and `samples`: files and datasets."
@@ -372,6 +412,7 @@ def _data_commands(sub):
                    help="modalities to check (default: the dataset's required ones and any present)")
     s.add_argument('--modality', default='image', help="modality name of each file of a plain folder")
     s.add_argument('--headers-only', action='store_true', help='check shapes and affines only (fast)')
+    s.add_argument('--exclude', nargs='+', default=(), metavar='ID', help='subject ids to leave out (as on the train and predict commands)')
     s.add_argument('--workers', type=int, default=2, help='threads reading files')
     s.set_defaults(func=_scan)
     s = sub.add_parser('samples', help="generate or verify the synthetic sample datasets")
@@ -394,7 +435,7 @@ def _experiment_commands(sub):
     s.add_argument('--only', nargs='+', help='run only notebooks whose names start with these (e.g. 00 01_phantom)')
     s.add_argument('--timeout', type=int, default=1800, help='seconds per cell')
     s.set_defaults(func=_lessons)
-    s = _quiet_too(sub.add_parser('sweep', help="run a sweep of an experiment notebook, skipping finished runs; print its results table"))
+    s = sub.add_parser('sweep', help="run a sweep of an experiment notebook, skipping finished runs; print its results table")
     s.add_argument('sweep', metavar='SWEEP', help='the sweep file (.yaml, .yml or .json; see chapter 13)')
     s.add_argument('--workers', type=_positive, default=None, help="notebooks run at the same time (default: the file's `workers`, else 1)")
     s.add_argument('--out', default=None, help="the sweep's folder (default: the file's `out`, else runs/sweeps/<file name>)")
@@ -409,11 +450,14 @@ def _segment_commands(sub):
     ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
     from brainkit.segment import SegConfig       # (imports torch: about a second)
     _train_parser(ss, 'train', 'train (or resume) a run into --out', SegConfig, _segment_train)
-    pr = _quiet_too(ss.add_parser('predict', help='write BraTS labels as NIfTI in the input\'s own space'))
+    pr = ss.add_parser('predict', help='write BraTS labels as NIfTI in the input\'s own space')
     pr.add_argument('--checkpoint', required=True, help="a segment run's checkpoint.pt (or its folder)")
-    pr.add_argument('--input', required=True, help='one subject folder, or a dataset folder')
+    pr.add_argument('--input', required=True, help='one subject folder, or a dataset folder (or a plain folder of files)')
     pr.add_argument('--output', required=True, help='a .nii.gz file (one subject) or a folder (SUBJECT_pred.nii.gz each)')
     pr.add_argument('--dataset', default='auto', choices=['auto', *LAYOUTS], help='layout of --input (default: detect)')
+    pr.add_argument('--modality', default=None, help="what each file of a plain folder is (default: the model's input, "
+                    "if it has one)")
+    _exclude_option(pr)
     pr.add_argument('--device', default='auto'); pr.add_argument('--batch-size', type=_positive, default=16)
     pr.set_defaults(func=_segment_predict)
 
@@ -425,7 +469,7 @@ def _translation_commands(sub):
     ss = s.add_subparsers(dest='model', required=True, metavar='MODEL')
     for name, cls in translators().items():
         _train_parser(ss, name, getattr(cls, 'description', (cls.__doc__ or name).splitlines()[0]), cls.Config, _train)
-    s = _quiet_too(sub.add_parser('translate', help="translate NIfTI volumes with a trained generator, written in the input's space"))
+    s = sub.add_parser('translate', help="translate NIfTI volumes with a trained generator, written in the input's space")
     s.add_argument('--checkpoint', required=True, help="a translation run's checkpoint.pt (or its folder)")
     s.add_argument('--input', required=True, help='a NIfTI file, a subject folder, or a dataset folder')
     s.add_argument('--output', required=True, help='a .nii.gz file (one volume or subject) or a folder (a dataset)')
@@ -433,6 +477,9 @@ def _translation_commands(sub):
     s.add_argument('--plane', default=None, choices=list(PLANES), help="slicing plane (default: the model's)")
     s.add_argument('--fit', default='pad', choices=['pad', 'none'], help="pad slices to a size the network takes (default), or refuse")
     s.add_argument('--dataset', default='auto', choices=['auto', *LAYOUTS], help='layout of a folder --input (default: detect)')
+    s.add_argument('--modality', default=None, help="what a plain folder's files (or a file --input) are (default: the "
+                   "model's source, if it has one)")
+    _exclude_option(s)
     s.add_argument('--layout', default='subjects', choices=['subjects', 'input'],
                    help="a dataset's output: SUBJECT/SUBJECT_TARGET.nii.gz (subjects, default), or the input's own layout with its files")
     s.add_argument('--device', default='auto'); s.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
@@ -442,9 +489,10 @@ def parser() -> argparse.ArgumentParser:
     "The argument parser of the `brainkit` command."
     p = argparse.ArgumentParser(prog='brainkit', description="brainkit: brain MRI segmentation and translation kit")
     p.add_argument('--version', action='version', version=f'brainkit {__version__}')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+    _global_options(p)
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for add in (_data_commands, _experiment_commands, _segment_commands, _translation_commands): add(sub)
+    for sp in _subparsers(p): _global_options(sp, default=argparse.SUPPRESS)   # every command, however deep
     return p
 
 # %% ../nbs/90_cli.ipynb #07846d6d

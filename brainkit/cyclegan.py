@@ -17,11 +17,12 @@ import torch.nn.functional as F
 
 from .io import LAYOUTS, BrainkitError, Subject, open_dataset, samples_dir
 from .preprocess import Normalizer
-from .data import PAIRINGS, Augment, SliceCache, SliceSet, Slicing, UnpairedSlices, fit_normalizers, split_dataset
+from .data import (PAIRINGS, Augment, SliceCache, SliceSet, Slicing, UnpairedSlices, fit_normalizers, split_dataset,
+                           split_record)
 from .networks import discriminator, generator
 from .losses import GANLoss, ImagePool, gradient_penalty
 from .metrics import subject_scores
-from .train import Dist, Precision, wrap_ddp
+from .train import Dist, Precision, stored_split, wrap_ddp
 from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
                           train_translation, translate_batch, translation_scores)
 
@@ -53,6 +54,7 @@ class CycleGANConfig(GANConfig):
     size: int = 64 # in-plane crop/pad, pixels (reference: 256)
     spacing: float|None = 3.6 # resample both domains to this voxel size, mm (quick: 1.5x the samples' 2.4 mm; real data: 1.0; None: keep)
     split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions of each domain's subjects
+    split_file: str|None = None # or one JSON split {"train": [...], "val": [...], "test": [...]} naming both domains' subjects
     netG: str = 'resnet_6blocks' # generator, one of resnet_6blocks, resnet_9blocks, unet_32 ... unet_256; reference: resnet_9blocks
     ngf: int = 8 # reference: 64
     ndf: int = 8 # reference: 64
@@ -103,9 +105,9 @@ class CycleGAN:
     @property
     def extras(self) -> dict: return {**self.pools, 'precision': self.prec}
     @classmethod
-    def prepare(cls, cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+    def prepare(cls, cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True, resumed:dict|None=None) -> Prepared:
         "The unpaired slices of the run (see `unpaired_data`)."
-        return unpaired_data(cfg, dist, cache, progress)
+        return unpaired_data(cfg, dist, cache, progress, resumed)
 
     def step(self, batch:Mapping) -> dict[str, float]:
         "One update of both generators, then both discriminators, on a batch {'A': (N, 1, H, W), 'B': (N, 1, H, W)}."
@@ -155,7 +157,7 @@ class OracleSlices:
         oracle = {s.id: s for s in open_dataset(oracle_dir, 'subjects')}
         if missing := [s.id for s in a_subjects if s.id not in oracle]:
             raise BrainkitError(oracle_dir, f"has no oracle for subject(s) {', '.join(missing[:5])}",
-                                "give the oracle folder of the same subjects (or oracle=None for real data)")
+                                "give the oracle folder of the same subjects (or --oracle none, oracle=None, for real data)")
         self.a_mod, self.b_mod = cfg.a_modality, cfg.b_modality
         self.A = SliceSet(a_subjects, [self.a_mod], cfg.slicing(a_norm), cache=cache, progress=False)
         self.O = SliceSet([oracle[s.id] for s in a_subjects], [self.b_mod], Slicing.of(cfg.slicing(b_norm), min_brain=0.0),
@@ -184,10 +186,17 @@ def _oracle_of(cfg:CycleGANConfig) -> Path|None:
     samples_a = cfg.a_data is None or Path(cfg.a_data).resolve() == samples_dir('hcp').resolve()
     return cfg.oracle or (samples_dir('oracle') if samples_a else None)
 
-def unpaired_data(cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+def unpaired_data(cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True,
+                  resumed:dict|None=None, # the checkpoint metadata of the run this one resumes: its splits are kept
+                 ) -> Prepared:
     "The unpaired training slices of a CycleGAN run, its evaluation against the oracle (if any) and its checkpoint metadata."
-    _, (a_train, a_val, _), a_parts = split_dataset(cfg.a_data, cfg.a_dataset, cfg.split, cfg.subject_seed, None, 'hcp')
-    _, (b_train, _, _), b_parts = split_dataset(cfg.b_data, cfg.b_dataset, cfg.split, cfg.subject_seed, None, 'brats')
+    split = lambda data, layout, default, domain: split_dataset(      # one split file may name both domains' subjects
+        data, layout, cfg.split, cfg.subject_seed, cfg.split_file, default, exclude=cfg.exclude,
+        stored=stored_split(resumed, domain), allow_unknown=True)
+    a_ds, (a_train, a_val, _), a_parts = split(cfg.a_data, cfg.a_dataset, 'hcp', 'A')
+    b_ds, (b_train, _, _), b_parts = split(cfg.b_data, cfg.b_dataset, 'brats', 'B')
+    a_rec = split_record(a_ds, a_parts, [cfg.a_modality])            # the files each domain's slices are read from
+    b_rec = split_record(b_ds, b_parts, [cfg.b_modality, *(['seg'] if cfg.b_slices == 'tumour_free' else [])])
     a_norm = fit_normalizers(cfg.normalization, [cfg.a_modality], a_train)[cfg.a_modality]
     b_norm = fit_normalizers(cfg.normalization, [cfg.b_modality], b_train)[cfg.b_modality]
     train = rank0_first(dist, lambda: UnpairedSlices(
@@ -198,7 +207,7 @@ def unpaired_data(cfg:CycleGANConfig, dist:Dist, cache:SliceCache|None=None, pro
     pairs = OracleSlices(a_val, oracle, cfg, a_norm, b_norm, cache) if (oracle and a_val and dist.main) else None
     meta = {'sources': [cfg.a_modality], 'target': cfg.b_modality, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
             'normalizers': {'A': a_norm.to_dict(), 'B': b_norm.to_dict()},
-            'split': {'A': {k: list(v) for k, v in a_parts.items()}, 'B': {k: list(v) for k, v in b_parts.items()}},
+            'split': {'A': a_rec['split'], 'B': b_rec['split']}, 'fingerprints': {'A': a_rec['fingerprints'], 'B': b_rec['fingerprints']},
             'directions': {'AtoB': direction('G_A', [cfg.a_modality], cfg.b_modality, {cfg.a_modality: a_norm}, b_norm),
                            'BtoA': direction('G_B', [cfg.b_modality], cfg.a_modality, {cfg.b_modality: b_norm}, a_norm)}}
     return Prepared(train, meta, (lambda model: evaluate_oracle(model.G_A, pairs)) if pairs else None,

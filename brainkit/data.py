@@ -9,9 +9,10 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,19 +22,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .io import (BrainkitError, GeometryMismatchError, MissingModalityError, Subject, Volume, atomic_write_bytes,
-                         load_volume, open_dataset, plane_axis, samples_dir, LABEL_KEYS)
+                         find_file, human_bytes, load_volume, open_dataset, plane_axis, remove_stale_temps, samples_dir,
+                         temp_path, LABEL_KEYS)
 from .preprocess import CropPad, Normalizer, NoTumourFreeSlicesError, brain_mask, resample, select_slices
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'split_dataset', 'fit_normalizers', 'CacheError',
-           'default_cache_dir', 'Prep', 'prepare_slices', 'read_slice', 'SliceCache', 'SliceReader', 'Slicing', 'Entry',
-           'SliceSet', 'Augment', 'item_rng', 'lr_axis', 'PairedSlices', 'UnpairedSlices', 'VolumeSet', 'make_loader']
+__all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'subject_fingerprint', 'split_dataset', 'split_record',
+           'fit_normalizers', 'CacheError', 'default_cache_dir', 'Prep', 'prepare_slices', 'entry_problem',
+           'read_slice', 'SliceCache', 'SliceReader', 'Slicing', 'Entry', 'SliceSet', 'Augment', 'item_rng', 'lr_axis',
+           'PairedSlices', 'UnpairedSlices', 'VolumeSet', 'make_loader']
 
 # %% ../nbs/05_data.ipynb #cf274a74
 class SplitError(BrainkitError):
-    "A split file that names unknown subjects or puts one subject in two parts."
+    "A split file that names unknown subjects or puts one subject in two parts, or a resumed run's split the dataset no longer matches."
 
 def split_subjects(ids:Sequence[str], # subject ids
                    fractions:tuple[float, float, float]=(0.7, 0.15, 0.15), # train, val, test
@@ -59,7 +62,7 @@ def split_subjects(ids:Sequence[str], # subject ids
                 if sid not in ids: unknown.append(sid)
         if unknown and not allow_unknown:
             raise SplitError(path, f"names {len(unknown)} subject(s) not in the dataset: {unknown[:5]}",
-                             "remove them, check that the split belongs to this dataset, or pass allow_unknown=True "
+                             "remove them, check that the split belongs to this dataset, or, for one split file shared by several datasets, pass allow_unknown=True (train cyclegan does) "
                              "for one split file shared by several datasets")
         if left := [i for i in ids if i not in seen]:
             log.warning("%s leaves out %d subject(s) of the dataset, e.g. %s", path, len(left), left[:3])
@@ -69,18 +72,87 @@ def split_subjects(ids:Sequence[str], # subject ids
     pick = lambda a, b: sorted(ids[i] for i in order[a:b])
     return {'train': pick(0, n_train), 'val': pick(n_train, n_train + n_val), 'test': pick(n_train + n_val, len(ids))}
 
+# %% ../nbs/05_data.ipynb #3cef465c
+def subject_fingerprint(s:Subject,
+                        modalities:Sequence[str]|None=None, # only these modalities' files (None: all of the subject's)
+                       ) -> dict[str, list]:
+    "{file name: [size, mtime_ns]} of each of the subject's files (of `modalities`) that exists (no voxel is read)."
+    out = {}
+    for m, p in s.files.items():
+        if modalities is not None and m not in modalities: continue
+        if (f := find_file(p)) is None: continue
+        st = f.stat()
+        try: name = f.relative_to(s.root).as_posix() if s.root is not None else f.name
+        except ValueError: name = f.name
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return dict(sorted(out.items()))
+
 # %% ../nbs/05_data.ipynb #4e6d50ef
+def _when(ns:int) -> str: return datetime.fromtimestamp(ns / 1e9).isoformat(' ', timespec='milliseconds')
+
+def _changes(was:Mapping[str, Sequence], now:Mapping[str, Sequence]) -> list[str]:
+    "How one subject's files changed between two fingerprints: one phrase per changed file."
+    out = []
+    for name in sorted(set(was) | set(now)):
+        a, b = was.get(name), now.get(name)
+        if b is None: out.append(f"{name} is gone")
+        elif a is None: out.append(f"{name} is new")
+        elif int(a[0]) != b[0]: out.append(f"{name} changed size ({int(a[0]):,} -> {b[0]:,} bytes)")
+        elif int(a[1]) != b[1]: out.append(f"{name} was modified ({_when(int(a[1]))} -> {_when(b[1])})")
+    return out
+
+def _only(now:Mapping, was:Mapping) -> dict:
+    "`now`'s files that `was` recorded: a file the run never read (a modality unpacked later) is no change."
+    return {k: v for k, v in now.items() if k in was}
+
+def _stored_parts(ds, stored:Mapping, exclude:set) -> dict[str, list[str]]:
+    "A resumed run's stored split, checked against the dataset as it is now: gone or changed subjects raise `SplitError`."
+    parts = {p: list(m) for p, m in stored['split'].items()}
+    here, prints = {s.id: s for s in ds}, stored.get('fingerprints')
+    used, problems = sorted({i for m in parts.values() for i in m}), []
+    for sid in used:
+        if sid not in here:
+            problems.append(f"{sid}: excluded now" if sid in exclude else f"{sid}: no longer in the dataset")
+        elif prints is not None and sid in prints and (ch := _changes(prints[sid], _only(subject_fingerprint(here[sid]), prints[sid]))):
+            problems.append(f"{sid}: " + '; '.join(ch))
+    if problems:
+        raise SplitError(ds.root, f"{len(problems)} subject(s) of the split this run began with are gone or changed since:\n  "
+                         + '\n  '.join(problems[:20]) + ('\n  ...' if len(problems) > 20 else ''),
+                         "restore those subjects' files (or stop excluding them), or start a new run in another output "
+                         "folder (--out / out_dir)")
+    if added := sorted(set(here) - set(used)):
+        log.warning("%s: %d subject(s) added since this run began (or left out of its split) are not used: %s", ds.root, len(added),
+                    ', '.join(added[:10]) + (' ...' if len(added) > 10 else ''))
+    return parts
+
 def split_dataset(data:str|Path|None, # a dataset folder (None: the samples named by `default`)
                   dataset:str='auto', # its layout, or 'auto'
                   fractions:tuple=(0.75, 0.25, 0.0), seed:int=0, split_file:str|Path|None=None,
                   default:str='brats', # which samples stand in for `data=None`
+                  *, exclude:Iterable[str]=(), # subject ids to leave out (`open_dataset`'s exclude)
+                  stored:Mapping|None=None, # a resumed run's `split_record`: its split is used as is, and checked
+                  allow_unknown:bool=False, # the split file may name other datasets' subjects (one file for several)
                  ) -> tuple:
-    "The dataset, its (train, val, test) subjects, and the split as ids; refuses a split with no training subject."
-    ds = open_dataset(data or samples_dir(default), dataset)
-    parts = split_subjects([s.id for s in ds], fractions, seed, split_file)
+    "The dataset, its (train, val, test) subjects, and the split as ids (a resumed run's own); refuses a split with no training subject."
+    ds = open_dataset(data or samples_dir(default), dataset, exclude=exclude)
+    if stored is not None: parts = _stored_parts(ds, stored, set(exclude))
+    elif split_file is not None:                  # subjects excluded now may be named by the split file: they are left out
+        ids = [s.id for s in ds]
+        parts = split_subjects(ids + [i for i in exclude if i not in ids], fractions, seed, split_file, allow_unknown)
+        parts = {p: [i for i in m if i not in set(exclude)] for p, m in parts.items()}
+    else: parts = split_subjects([s.id for s in ds], fractions, seed, None, allow_unknown)
     subsets = [[s for s in ds if s.id in set(parts.get(p, []))] for p in ('train', 'val', 'test')]
     if not subsets[0]: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
     return ds, subsets, parts
+
+def split_record(ds, # the dataset that was split
+                 parts:Mapping[str, Sequence[str]], # the split as ids (from `split_dataset`)
+                 modalities:Sequence[str]|None=None, # the files the run reads (None: every file of a subject)
+                ) -> dict:
+    "What a run stores to resume with its split: the parts' ids and the fingerprint of every subject in them."
+    here = {s.id: s for s in ds}
+    return {'split': {p: list(m) for p, m in parts.items()},
+            'fingerprints': {i: subject_fingerprint(here[i], modalities) for i in sorted({i for m in parts.values() for i in m})}}
 
 def fit_normalizers(method:str, modalities:Sequence[str], train:Sequence[Subject]) -> dict[str, Normalizer]:
     "One normalizer per modality; those that learn a scale from data learn it from the training subjects."
@@ -98,6 +170,13 @@ def default_cache_dir() -> Path:
     "$BRAINKIT_CACHE, else $XDG_CACHE_HOME/brainkit, else ~/.cache/brainkit."
     if env := os.environ.get('BRAINKIT_CACHE'): return Path(env)
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'brainkit'
+
+def _rebuild_fix(npy:str|Path) -> str:
+    "The fix for an entry that cannot be read: delete it, or its whole cache folder (entries are <root>/<2 hex>/<key>.npy)."
+    npy = Path(npy)
+    return (f"delete the entry ({npy} and its sidecar {npy.with_suffix('.json').name}) or the whole cache folder "
+            f"{npy.parent.parent} ($BRAINKIT_CACHE, or cache=SliceCache(path)), then start again: a missing entry is "
+            "rebuilt when a dataset is created")
 
 # %% ../nbs/05_data.ipynb #1127dfe8
 @dataclass(frozen=True)
@@ -151,7 +230,9 @@ def prepare_slices(vol:Volume, # a loaded (canonical) volume, or label map
 # %% ../nbs/05_data.ipynb #71115c6f
 def _write_entry(npy:Path, side:Path, arr:np.ndarray, info:dict) -> dict:
     "Write a cache entry: the array under a temporary name, then renamed into place, then its sidecar (the commit marker)."
-    tmp = npy.with_name(f'.{npy.name}.{secrets.token_hex(4)}.tmp')
+    arr = np.ascontiguousarray(arr)                  # C order: the file holds these bytes, slice after slice
+    info['crc32'] = zlib.crc32(memoryview(arr).cast('B'))
+    tmp = temp_path(npy)                             # named after this process: removable once it is gone
     try:
         npy.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, 'xb') as f:
@@ -163,10 +244,43 @@ def _write_entry(npy:Path, side:Path, arr:np.ndarray, info:dict) -> dict:
     except OSError as e:
         try: tmp.unlink(missing_ok=True)           # never leave a partial file behind
         except OSError: pass
-        raise CacheError(npy.parent, f"the slice cache cannot be written ({type(e).__name__}: {e.strerror or e})",
+        raise CacheError(npy.parent, f"the slice cache cannot be written ({type(e).__name__}: {e.strerror or e}; "
+                         f"this entry needs {human_bytes(arr.nbytes)})",
                          "make room, or point BRAINKIT_CACHE (or cache=SliceCache(path)) to a writable folder "
                          "with space") from None
     return info
+
+# %% ../nbs/05_data.ipynb #65eb0e35
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+def _crc32(f, n:int, chunk:int=1 << 20) -> int|None:
+    "CRC-32 of the next `n` bytes of the open file `f`, read in chunks into one buffer (nothing is mapped); None if it ends early."
+    buf, crc = memoryview(bytearray(max(1, min(chunk, n)))), 0
+    while n > 0:
+        if not (k := f.readinto(buf[:min(len(buf), n)])): return None
+        crc, n = zlib.crc32(buf[:k], crc), n - k
+    return crc
+
+def entry_problem(npy:str|Path, # a cache entry's .npy file
+                  info:Mapping, # its sidecar
+                 ) -> str|None:
+    "What is wrong with a cache entry's .npy file, checked against its sidecar: size, header, CRC-32 of the array; None if nothing."
+    data = int(np.prod(info['shape'])) * np.dtype(info['dtype']).itemsize
+    try:
+        with open(npy, 'rb') as f:
+            if (size := os.fstat(f.fileno()).st_size) != info['header_bytes'] + data:
+                return f"it holds {size:,} bytes where its sidecar expects {info['header_bytes'] + data:,}"
+            try: shape, fortran, dtype = _HEADERS[np.lib.format.read_magic(f)](f)
+            except Exception as e: return f"its .npy header cannot be read ({type(e).__name__}: {e})"
+            if (list(shape), dtype, fortran, f.tell()) != (info['shape'], np.dtype(info['dtype']), False, info['header_bytes']):
+                return (f"its .npy header says {dtype} {list(shape)}{' in Fortran order' if fortran else ''} from byte "
+                        f"{f.tell()}, its sidecar {info['dtype']} {info['shape']} from byte {info['header_bytes']}")
+            crc = _crc32(f, data)
+    except OSError as e: return f"it cannot be read ({e.strerror or e})"
+    if crc is None: return "it ended while it was read"
+    if 'crc32' not in info: return "its sidecar records no checksum"
+    if crc != info['crc32']: return f"its content changed (CRC-32 {crc:08x}, written with {info['crc32']:08x})"
+    return None
 
 # %% ../nbs/05_data.ipynb #ff4a61f1
 def read_slice(npy:Path, i:int) -> np.ndarray:
@@ -177,9 +291,22 @@ def read_slice(npy:Path, i:int) -> np.ndarray:
     return out
 
 # %% ../nbs/05_data.ipynb #baebe2af
+_seen = {'pid': None, 'entries': set(), 'roots': set()}
+
+def _this_process() -> dict:
+    "The cache entries this process verified and the cache folders it tidied (a forked child starts afresh)."
+    if _seen['pid'] != os.getpid(): _seen.update(pid=os.getpid(), entries=set(), roots=set())
+    return _seen
+
+def _seen_key(npy:Path, info:Mapping) -> tuple|None:
+    "What identifies one verified state of an entry: its .npy path, size and mtime, and the checksum it was verified with."
+    try: st = npy.stat()
+    except OSError: return None
+    return (str(npy), st.st_size, st.st_mtime_ns, info.get('crc32'))
+
 class SliceCache:
-    "Preprocessed volumes as slice-first .npy files, read with memory mapping; rebuilt when stale."
-    VERSION = 1
+    "Preprocessed volumes as slice-first .npy files, read with memory mapping; verified once per process, rebuilt when stale or damaged."
+    VERSION = 1 # the entries' format (a sidecar without a checksum, written before checksums, is rebuilt in place)
 
     def __init__(self, root:str|Path|None=None):
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -198,20 +325,36 @@ class SliceCache:
         return d/f'{key}.npy', d/f'{key}.json', meta
 
     def info(self, src:str|Path, prep:Prep) -> dict:
-        "The sidecar of a valid entry for `src` prepared with `prep`, building the entry first if needed."
-        npy, side, meta = self.paths(Path(src), prep)
-        try:
-            info = json.loads(side.read_text())
-            if {k: info.get(k) for k in meta} == json.loads(json.dumps(meta, default=list)) and self._complete(npy, info):
-                return info
-        except (OSError, ValueError): pass
-        return self._build(Path(src), prep, npy, side, meta)
+        "The sidecar of a valid entry for `src` prepared with `prep`, building (or rebuilding) the entry first if needed."
+        src = Path(src)
+        npy, side, meta = self.paths(src, prep)
+        self._tidy()
+        info, why = self._check(npy, side, meta)
+        if info is not None: return info
+        if why: log.warning("slice cache entry %s (of %s) is damaged: %s; rebuilding it", npy, src, why)
+        return self._build(src, prep, npy, side, meta)
 
-    @staticmethod
-    def _complete(npy:Path, info:dict) -> bool:
-        "Whether the .npy file holds the whole array its sidecar describes (a truncated file is not used)."
-        nbytes = int(np.prod(info['shape'])) * np.dtype(info['dtype']).itemsize
-        return npy.is_file() and npy.stat().st_size == info['header_bytes'] + nbytes
+    def _tidy(self):
+        "Once per process and cache folder: remove the temporary files of writers that are gone (one walk of the folder)."
+        if (root := str(self.root)) not in (done := _this_process()['roots']):
+            done.add(root)
+            for d in (self.root.iterdir() if self.root.is_dir() else ()):     # only the cache's own folders (`ab/`), so a
+                if len(d.name) == 2 and d.is_dir(): remove_stale_temps(d)        # cache root shared with other files is safe
+
+    def _check(self, npy:Path, side:Path, meta:dict) -> tuple[dict|None, str|None]:
+        "The entry's sidecar if the entry is sound; else None, and what is wrong (None: not built yet, or from before checksums)."
+        try: info = json.loads(side.read_text())
+        except FileNotFoundError: return None, None
+        except (OSError, ValueError) as e: return None, f"its sidecar cannot be read ({type(e).__name__}: {e})"
+        if not isinstance(info, dict) or {k: info.get(k) for k in meta} != json.loads(json.dumps(meta, default=list)):
+            return None, "its sidecar describes another entry"
+        if 'crc32' not in info: return None, None                     # written before checksums: rebuilt in place
+        if (key := _seen_key(npy, info)) is None: return None, None   # its .npy was deleted: built again
+        if key in _this_process()['entries']: return info, None       # verified by this process already
+        try: why = entry_problem(npy, info)
+        except (KeyError, TypeError, ValueError) as e: why = f"its sidecar is incomplete ({type(e).__name__}: {e})"
+        if why is None: _this_process()['entries'].add(key)
+        return (info if why is None else None), why
 
     def _build(self, src:Path, prep:Prep, npy:Path, side:Path, meta:dict) -> dict:
         vol = load_volume(src, label=prep.label, label_values=prep.label_values,
@@ -221,7 +364,9 @@ class SliceCache:
                        'grid': {'shape': list(vol.shape), 'affine': np.round(vol.affine, 4).tolist()},
                        'area': [int(n) for n in brain.reshape(len(brain), -1).sum(1)],
                        'labelled': [bool(b) for b in brain.reshape(len(brain), -1).any(1)] if prep.label else None}
-        return _write_entry(npy, side, arr, info)
+        info = _write_entry(npy, side, arr, info)
+        if (key := _seen_key(npy, info)) is not None: _this_process()['entries'].add(key)   # written here: sound
+        return info
 
     def entry(self, src:str|Path, prep:Prep) -> Path:
         "The .npy file of a valid entry for `src` prepared with `prep` (built or rebuilt if needed)."
@@ -246,8 +391,7 @@ class SliceReader:
         if fd is None:
             try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_BINARY', 0))
             except OSError as e:
-                raise CacheError(path, f"a cache entry disappeared while it was in use ({e.strerror})",
-                                 "create the dataset again to rebuild the cache") from None
+                raise CacheError(path, f"a cache entry disappeared while it was in use ({e.strerror})", _rebuild_fix(path)) from None
             while len(self._files) >= self.max_open: os.close(self._files.popitem(last=False)[1])
         self._files[path] = fd
         return fd
@@ -261,8 +405,8 @@ class SliceReader:
             data = os.pread(fd, len(buf), offset) if hasattr(os, 'pread') else _seek_read(fd, len(buf), offset)
             n = len(data); buf[:n] = data
         if n != len(buf):
-            raise CacheError(path, f"cache entry ended early ({n} of {len(buf)} bytes at offset {offset})",
-                             "the cache changed while reading: create the dataset again to rebuild it")
+            raise CacheError(path, f"a cache entry ended early ({n} of {len(buf)} bytes at offset {offset}): it changed while "
+                             "it was in use", _rebuild_fix(path))
 
     def close(self):
         if self._pid == os.getpid():
@@ -316,8 +460,8 @@ def _require(subjects:Sequence[Subject], modalities:Sequence[str]):
             except MissingModalityError as e: missing.append(str(e).split('\n')[0])
     if missing:
         raise MissingModalityError(f"{len(missing)} missing file(s)", '\n  '.join(missing[:20]) + (' ...' if len(missing) > 20 else ''),
-                                   "restore the files, leave those subjects out (open_dataset(..., exclude=[...])), or ask "
-                                   "only for modalities the dataset has (e.g. label=None for a healthy dataset)")
+                                   "restore the files, leave those subjects out (--exclude ID ...; open_dataset(..., exclude=[...])), or ask "
+                                   "only for modalities the dataset has (e.g. label=None for a healthy dataset; --b-slices all on train cyclegan)")
 
 def _same_grid(infos:Mapping[str, dict]) -> str|None:
     "A description of the first modality whose grid differs from the first one's, or None."
@@ -537,7 +681,7 @@ class VolumeSet(Dataset):
         try: return np.load(path)
         except (OSError, ValueError) as e:
             raise CacheError(path, f"a cache entry was removed or damaged while in use ({type(e).__name__}: {e})",
-                             "create the dataset again to rebuild the cache") from None
+                             _rebuild_fix(path)) from None
     def __getitem__(self, k:int) -> dict:
         out = {'image': torch.from_numpy(np.stack([self._volume(k, m) for m in self.modalities])),
                'subject': self.set.subjects[k].id}

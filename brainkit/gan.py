@@ -5,9 +5,11 @@
 # %% ../nbs/08_gan_core.ipynb #9e52f170
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -18,19 +20,19 @@ from torch import nn
 
 from .io import PLANES, atomic_write_bytes
 from .preprocess import METHODS, Normalizer
-from .data import SliceCache, Slicing, fit_normalizers, make_loader, split_dataset
+from .data import SliceCache, Slicing, fit_normalizers, make_loader, split_dataset, split_record
 from .networks import DISCRIMINATORS, GENERATORS, INITS, NORMS
 from .losses import GAN_MODES
 from .metrics import mean_scores, subject_scores
 from .train import (Dist, Run, TrainConfig, distributed_sampler, fit, init_distributed, linear_decay,
-                            seed_everything)
+                            CheckpointError, checkpoint_file, resumed_meta, run_lock, seed_everything, stored_split)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'ENTRY_POINTS', 'TranslationModel', 'Prepared', 'loss_values', 'set_requires_grad', 'GANConfig', 'start_run',
            'rank0_first', 'seed_process', 'scored', 'translate_batch', 'translation_scores', 'direction',
-           'upgrade_meta', 'register_translator', 'translators', 'translator', 'train_translation']
+           'upgrade_meta', 'register_translator', 'translators', 'translator', 'prepared', 'train_translation']
 
 # %% ../nbs/08_gan_core.ipynb #32ec8821
 @runtime_checkable
@@ -49,8 +51,8 @@ class TranslationModel(Protocol):
     def step(self, batch:Mapping) -> dict[str, float]:
         "One update on `batch`; returns each of `loss_names` as a float."
     @classmethod
-    def prepare(cls, cfg, dist:Dist, cache:SliceCache|None, progress:bool) -> Prepared:
-        "Build the run's data: its training set, its held-out evaluation, and the checkpoint's metadata."
+    def prepare(cls, cfg, dist:Dist, cache:SliceCache|None, progress:bool, resumed:dict|None) -> Prepared:
+        "Build the run's data: its training set, its held-out evaluation, and the checkpoint's metadata (`resumed`: the metadata of the run this one resumes, whose split it keeps)."
 
 # %% ../nbs/08_gan_core.ipynb #0aafb56e
 @dataclass
@@ -235,6 +237,18 @@ def translator(name:str) -> type:
     return cls
 
 # %% ../nbs/08_gan_core.ipynb #32ab40c2
+def prepared(model:type, cfg, d:Dist, cache:SliceCache|None, progress:bool, out_dir:str|Path, resume:bool) -> Prepared:
+    "`model.prepare`, given the metadata of the run it resumes (if any) so that it keeps that run's split; checked."
+    resumed = resumed_meta(out_dir, resume, model.name)
+    if 'resumed' in inspect.signature(model.prepare).parameters: data = model.prepare(cfg, d, cache, progress, resumed)
+    else: data = model.prepare(cfg, d, cache, progress)          # a model written before `resumed` existed
+    if resumed and 'split' in resumed and json.loads(json.dumps(data.meta.get('split'))) != resumed['split']:
+        raise CheckpointError(checkpoint_file(out_dir), f"was trained on another split of the data than {model.name}'s prepare "
+                              "made now (the dataset changed, or the model's prepare does not keep a resumed run's split)",
+                              "resume with the dataset as it was, give the model's prepare a `resumed` argument that keeps "
+                              "`resumed['split']`, or train into a new folder")
+    return data
+
 def train_translation(model:type, # a class following `TranslationModel` (e.g. `Pix2Pix`), or a registered name
                       cfg:GANConfig|Mapping, # the run's settings (its `Config`, or plain data)
                       out_dir:str|Path, # checkpoint.pt, config.json, history/iterations logs, samples/, metrics.json
@@ -245,22 +259,23 @@ def train_translation(model:type, # a class following `TranslationModel` (e.g. `
     "Train `model` as `cfg` says, into `out_dir` (under torchrun: distributed); returns the metrics written to metrics.json."
     model = translator(model) if isinstance(model, str) else model
     cfg, d, device = start_run(cfg, model.Config)
-    data = model.prepare(cfg, d, cache, progress and d.main)
-    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device,
-                         sampler=distributed_sampler(data.train, d, cfg.seed))
-    m = model(cfg, device, d)
-    seed_process(cfg.seed, d)
-    run = Run(out_dir, model.name, asdict(cfg), m.nets, m.optims,
-              {k: linear_decay(o, cfg.epochs, cfg.epochs_decay) for k, o in m.optims.items()}, m.extras, data.meta)
-    score = scored(run, lambda: data.evaluate(m)) if data.evaluate else None
-    validate = (lambda: {f'{model.score_name}_{k}': v for k, v in mean_scores(score()).items()}) if score else None
-    fit(run, loader, m.step, cfg.epochs + cfg.epochs_decay, save_every=cfg.save_every, validate=validate, seed=cfg.seed,
-        resume=resume, progress=progress and d.main, visuals=lambda: m.visuals, sample_every=cfg.sample_every,
-        tensorboard=cfg.tensorboard, dist=d)
-    if not d.main: return {}
-    rows = score() if score else []
-    metrics = {'kind': model.name, 'epochs': run.epoch, 'final_losses': {k: run.history[-1][k] for k in model.loss_names},
-               model.score_name: mean_scores(rows), f'{model.score_name}_subjects': rows, 'history': run.history,
-               **data.info, 'processes': d.world, 'config': asdict(cfg)}
-    atomic_write_bytes(Path(out_dir)/'metrics.json', json.dumps(metrics, indent=1).encode())
-    return metrics
+    with run_lock(out_dir) if d.main else nullcontext():      # the whole run: one training per folder
+        data = prepared(model, cfg, d, cache, progress and d.main, out_dir, resume)
+        loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device,
+                             sampler=distributed_sampler(data.train, d, cfg.seed))
+        m = model(cfg, device, d)
+        seed_process(cfg.seed, d)
+        run = Run(out_dir, model.name, asdict(cfg), m.nets, m.optims,
+                  {k: linear_decay(o, cfg.epochs, cfg.epochs_decay) for k, o in m.optims.items()}, m.extras, data.meta)
+        score = scored(run, lambda: data.evaluate(m)) if data.evaluate else None
+        validate = (lambda: {f'{model.score_name}_{k}': v for k, v in mean_scores(score()).items()}) if score else None
+        fit(run, loader, m.step, cfg.epochs + cfg.epochs_decay, save_every=cfg.save_every, validate=validate, seed=cfg.seed,
+            resume=resume, progress=progress and d.main, visuals=lambda: m.visuals, sample_every=cfg.sample_every,
+            tensorboard=cfg.tensorboard, dist=d)
+        if not d.main: return {}
+        rows = score() if score else []
+        metrics = {'kind': model.name, 'epochs': run.epoch, 'final_losses': {k: run.history[-1][k] for k in model.loss_names},
+                   model.score_name: mean_scores(rows), f'{model.score_name}_subjects': rows, 'history': run.history,
+                   **data.info, 'processes': d.world, 'config': asdict(cfg)}
+        atomic_write_bytes(Path(out_dir)/'metrics.json', json.dumps(metrics, indent=1).encode())
+        return metrics

@@ -5,11 +5,16 @@
 # %% ../nbs/00_io.ipynb #57c173d6
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
+import math
 import os
 import re
 import secrets
+import shutil
+import socket
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +28,16 @@ from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, i
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'BRATS_LABELS', 'REGIONS', 'REGION_NAMES', 'PLANES', 'MODALITIES',
-           'LABEL_KEYS', 'BRATS4', 'LAYOUTS', 'DATASET_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError',
-           'MissingModalityError', 'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError',
-           'EmptyVolumeError', 'LabelValueError', 'DatasetLayoutError', 'DatasetScanError', 'orientation', 'canonical',
-           'decanonical', 'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti', 'label_regions',
-           'regions_to_labels', 'load_volume', 'atomic_write_bytes', 'nifti_bytes', 'file_sha256', 'to_image',
-           'save_volume', 'make_volume', 'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject',
-           'check_same_grid', 'write_dataset_file', 'declared_layout', 'detect_layout', 'discover', 'MRIDataset',
-           'open_dataset', 'samples_dir']
+__all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'GZIP_MAGIC', 'GZIP_MAX_RATIO', 'BRATS_LABELS', 'REGIONS',
+           'REGION_NAMES', 'STALE_TEMP_AGE_S', 'PLANES', 'MODALITIES', 'LABEL_KEYS', 'BRATS4', 'LAYOUTS',
+           'DATASET_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
+           'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
+           'LabelValueError', 'DatasetLayoutError', 'BrokenLinkError', 'DatasetScanError', 'WriteError', 'human_bytes',
+           'orientation', 'canonical', 'decanonical', 'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti',
+           'label_regions', 'regions_to_labels', 'load_volume', 'temp_path', 'write_error', 'atomic_write_bytes',
+           'nifti_bytes', 'remove_stale_temps', 'file_sha256', 'to_image', 'save_volume', 'make_volume', 'plane_axis',
+           'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'write_dataset_file', 'declared_layout',
+           'detect_layout', 'discover', 'MRIDataset', 'open_dataset', 'samples_dir']
 
 # %% ../nbs/00_io.ipynb #10cabc3b
 class BrainkitError(Exception):
@@ -65,6 +71,8 @@ class LabelValueError(BrainkitError):
     "A label map with values outside the dataset's label convention."
 class DatasetLayoutError(BrainkitError):
     "A folder that is empty or whose layout matches no known dataset."
+class BrokenLinkError(MissingFileError):
+    "A symbolic link whose target does not exist (storage not mounted), or that leads back to itself (a loop)."
 
 # %% ../nbs/00_io.ipynb #157d59ab
 class DatasetScanError(BrainkitError):
@@ -81,6 +89,24 @@ class DatasetScanError(BrainkitError):
         for sid,errs in self.problems.items():
             lines += [f"- {sid}:"] + ['    ' + str(e).replace('\n', '\n    ') for e in errs]
         return '\n'.join(lines)
+
+# %% ../nbs/00_io.ipynb #0b2c92e6
+class WriteError(BrainkitError, OSError):
+    "A file that could not be written (a folder in its place, a full disk, no permission); `.errno` says which."
+    def __init__(self, path=None, problem:str='', fix:str='', errno:int|None=None):
+        BrainkitError.__init__(self, path, problem, fix)
+        self.errno, self.filename = errno, None if path is None else str(path)  # what `except OSError` handlers read
+        self.strerror = problem
+    def __reduce__(self): return (type(self), (self.path, self.problem, self.fix, self.errno))
+    __str__ = BrainkitError.__str__
+
+def human_bytes(n:int|float) -> str:
+    "A size in decimal units, as disks are sold: '512 B', '1.2 kB', '43.2 MB', '32.0 GB'."
+    if abs(n) < 1000: return f"{int(n)} B"
+    for unit in ('kB', 'MB', 'GB', 'TB'):
+        n /= 1000
+        if round(abs(n), 1) < 1000: return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} PB"
 
 # %% ../nbs/00_io.ipynb #3ead6567
 RAS = axcodes2ornt(('R', 'A', 'S'))
@@ -187,6 +213,25 @@ def _from_bytes(raw:bytes):
             return klass.from_bytes(raw)
     raise nib.filebasedimages.ImageFileError("no NIfTI-1 or NIfTI-2 header (sizeof_hdr is neither 348 nor 540)")
 
+# %% ../nbs/00_io.ipynb #d14d2d29
+GZIP_MAGIC = b'\x1f\x8b'
+GZIP_MAX_RATIO = 1032  # deflate packs at most about 1032 bytes into one
+
+def _check_claimed_size(img, path:Path, raw:bytes|None):
+    "Refuse a header that claims more voxel bytes than `path` (or its decompressed bytes `raw`) can hold."
+    hdr = img.header
+    shape, dtype = tuple(int(n) for n in hdr.get_data_shape()), hdr.get_data_dtype()
+    voxels = math.prod(shape) * dtype.itemsize
+    need, size = int(hdr.get_data_offset()) + voxels, path.stat().st_size
+    if raw is not None: held, holds = len(raw), f"the file holds {human_bytes(len(raw))} once decompressed"
+    elif path.name.lower().endswith('.gz'):
+        held = size * GZIP_MAX_RATIO
+        holds = f"the {human_bytes(size)} file cannot hold more than {human_bytes(held)} even compressed"
+    else: held, holds = size, f"the file holds {human_bytes(size)}"
+    if need > held:
+        raise UnreadableFileError(path, f"header claims {human_bytes(voxels)} of voxels but {holds}: truncated or a corrupt "
+                                  f"header (shape {'x'.join(map(str, shape))}, {dtype})", _CORRUPT)
+
 # %% ../nbs/00_io.ipynb #27246bc2
 def _open_nifti(path:Path, voxels:bool=True):
     "Open `path` as NIfTI, turning every failure into a brainkit error; `voxels=False` reads the header only."
@@ -197,11 +242,17 @@ def _open_nifti(path:Path, voxels:bool=True):
     if path.stat().st_size == 0:
         raise UnreadableFileError(path, "is an empty file (0 bytes): an interrupted download or copy", _CORRUPT)
     gz = path.name.lower().endswith('.gz')
-    if gz:
-        with open(path, 'rb') as f: magic = f.read(2)
-        if magic != b'\x1f\x8b':
-            raise UnreadableFileError(path, "is not gzip-compressed, although its name ends in .gz",
-                                      "if it is an uncompressed NIfTI, rename it to .nii (or gzip it); otherwise " + _CORRUPT)
+    with open(path, 'rb') as f: magic = f.read(2)
+    if gz and magic != GZIP_MAGIC:
+        raise UnreadableFileError(path, "is not gzip-compressed, although its name ends in .gz",
+                                  "if it is an uncompressed NIfTI, rename it to .nii (or gzip it); otherwise " + _CORRUPT)
+    if not gz and magic == GZIP_MAGIC:
+        raise UnreadableFileError(path, "is gzip-compressed, although its name ends in .nii",
+                                  f"rename it to .nii.gz ({path.name}.gz), or gunzip it")
+    if gz and voxels:  # before decompressing: a claim no gzip file of this size can hold
+        try: hdr_img = nib.load(path)
+        except Exception: hdr_img = None  # an unreadable header: the full read below says what is wrong
+        if hdr_img is not None: _check_claimed_size(hdr_img, path, None)
     try: raw = gzip.decompress(path.read_bytes()) if gz and voxels else None  # checks gzip's CRC and length, which
     except (EOFError, OSError, zlib.error) as e:                               # nibabel never reads
         raise UnreadableFileError(path, f"is truncated or corrupt ({type(e).__name__}: {e})", _CORRUPT) from None
@@ -212,6 +263,7 @@ def _open_nifti(path:Path, voxels:bool=True):
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UnreadableFileError(path, f"is a {type(img).__name__}, not a NIfTI image",
                                   "convert it to NIfTI first (for example with dcm2niix or nibabel)")
+    _check_claimed_size(img, path, raw)
     return img, raw
 
 # %% ../nbs/00_io.ipynb #2a6e374f
@@ -287,10 +339,10 @@ def _as_labels(arr:np.ndarray, path:Path, allowed:Iterable[int]|None, mapping:Ma
                               "(brainkit keeps labels as uint8)", "renumber the labels into 0..255")
     if allowed is not None and not vals <= set(allowed):
         bad = sorted(vals - set(allowed))
-        hint = (" (3 is BraTS 2023's enhancing tumour: BraTS 2023 data opens with dataset='brats2023', "
+        hint = (" (3 is BraTS 2023's enhancing tumour: BraTS 2023 data opens with --dataset brats2023 (dataset='brats2023'), "
                 "which maps it to 4)") if bad == [3] else ''
         raise LabelValueError(path, f"label values {bad} are outside this dataset's labels {sorted(allowed)}{hint}",
-                              "check that the file is a segmentation of this dataset, or open it with the right `dataset=`")
+                              "check that the file is a segmentation of this dataset, or open it with the right --dataset (`dataset=`)")
     out = arr.astype(np.uint8)
     return _map_labels(out, mapping) if mapping else out
 
@@ -334,18 +386,70 @@ def load_volume(path:str|Path, # a .nii or .nii.gz file
         _check_values(data if arr.dtype.kind == 'f' else arr, path)  # float: after conversion, so overflow shows as inf
     return Volume(data, affine, img.header, path)
 
+# %% ../nbs/00_io.ipynb #4bbd42de
+def _host() -> str:
+    "This machine's name, and its process namespace where it has one: containers that share a host name (host networking) but not their process ids are told apart."
+    try: ns = f"_ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError: ns = ''
+    return re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname()) + ns
+
+def temp_path(path:str|Path) -> Path:
+    "The hidden temporary sibling of `path` that an atomic write goes through, named after its writer (host and pid)."
+    path = Path(path)
+    tail = f'.{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp'
+    name = path.name
+    while len(f'.{name}{tail}'.encode()) > 255 and name: name = name[:-1]  # a legal name even for a long output name
+    return path.with_name(f'.{name}{tail}')
+
+# %% ../nbs/00_io.ipynb #b904d632
+_ELSEWHERE = "write to another folder (--out / out_dir)"
+
+def write_error(path:str|Path, # the file the caller asked for (not the temporary file)
+                e:OSError, # what the system raised
+                nbytes:int, # how many bytes were to be written
+               ) -> WriteError:
+    "The `WriteError` for writing `nbytes` to `path` that failed with `e`: what happened to `path`, and what to do."
+    path = Path(path)
+    folder = path.parent
+    if isinstance(e, IsADirectoryError) or os.path.isdir(path):
+        problem, fix = "is a folder: a file cannot be written under its name", "choose another output name (a file name)"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try: free = f", and {folder} has {human_bytes(shutil.disk_usage(folder).free)} free"
+        except OSError: free = ''
+        what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        problem = f"{what}: writing it needs {human_bytes(nbytes)}{free}"
+        fix = f"free space on {folder} or {_ELSEWHERE}"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        problem, fix = f"permission denied: {folder} is not writable", f"{_ELSEWHERE}, or make {folder} writable"
+    elif e.errno == errno.EROFS:
+        problem, fix = f"{folder} is on a read-only file system", _ELSEWHERE
+    elif e.errno == errno.ENAMETOOLONG:
+        problem, fix = "the file name is too long for the file system", "choose a shorter output name"
+    elif e.errno in (errno.EEXIST, errno.ENOTDIR) and (blocker := next((p for p in (folder, *folder.parents)
+                                                                        if os.path.exists(p) and not os.path.isdir(p)), None)):
+        problem, fix = f"cannot be written: {blocker} is a file, not a folder", f"{_ELSEWHERE}, or move that file away"
+    else:
+        problem, fix = f"could not be written ({e.strerror or e})", f"check that {folder} is writable, or {_ELSEWHERE}"
+    return WriteError(path, problem, fix, errno=e.errno)
+
 # %% ../nbs/00_io.ipynb #45c25a56
 def atomic_write_bytes(path:str|Path, data:bytes) -> Path:
     "Write `data` to `path` through a temporary file and a rename: readers never see a partial file."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')  # opened normally: the umask applies
+    tmp = None
     try:
+        if os.path.isdir(path): raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)  # opened normally: the umask applies
         with open(tmp, 'xb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            try: tmp.unlink(missing_ok=True)
+            except OSError: pass
+        if isinstance(e, OSError) and not isinstance(e, BrainkitError):
+            raise write_error(path, e, memoryview(data).nbytes) from e
         raise
     return path
 
@@ -353,6 +457,50 @@ def nifti_bytes(img, gz:bool=True) -> bytes:
     "The bytes of a single-file NIfTI image, gzipped without a timestamp (so equal data gives equal bytes)."
     raw = img.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+
+# %% ../nbs/00_io.ipynb #ccf066a2
+STALE_TEMP_AGE_S = 3600  # an old-style temporary file (no writer recorded) older than this is stale
+_TEMP_RE = re.compile(r'\.(?P<stem>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp')  # stem: the name, a dot and the host
+_OLD_TEMP_RE = re.compile(r'\..+\.(?:[0-9a-f]{8}|[0-9a-f]{12})\.tmp')
+
+def _pid_alive(pid:int) -> bool:
+    "Whether process `pid` runs on this host (a process of another user counts as running)."
+    if pid == os.getpid(): return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OverflowError: return False  # no such pid can exist
+    except OSError: return True         # not ours to signal (PermissionError): alive
+    return True
+
+def _is_stale_temp(name:str, mtime:float, host:str, now:float) -> bool:
+    "Whether a file called `name`, last modified at `mtime`, is a temporary file whose writer is gone."
+    if m := _TEMP_RE.fullmatch(name):
+        return m['stem'].endswith('.' + host) and not _pid_alive(int(m['pid']))
+    return bool(_OLD_TEMP_RE.fullmatch(name)) and now - mtime > STALE_TEMP_AGE_S
+
+def remove_stale_temps(folder:str|Path, # where to look
+                       recursive:bool=False, # also in every folder below (symbolic links are not followed)
+                      ) -> list[Path]:
+    "Delete the temporary files in `folder` left by processes that are gone; return what was removed."
+    folder = Path(folder)
+    if not folder.is_dir(): return []
+    host, now = _host(), time.time()
+    tops = (os.walk(folder, onerror=lambda e: None) if recursive else [(str(folder), None, None)])
+    removed, freed = [], 0
+    for top, _, _ in tops:
+        try: entries = list(os.scandir(top))
+        except OSError: continue
+        for e in entries:
+            if not (e.name.startswith('.') and e.name.endswith('.tmp')): continue
+            try:
+                st = e.stat(follow_symlinks=False)
+                if not e.is_file(follow_symlinks=False) or not _is_stale_temp(e.name, st.st_mtime, host, now): continue
+                os.unlink(e.path)
+            except OSError: continue  # gone already, or not ours to delete
+            removed.append(Path(e.path)); freed += st.st_size
+    if removed:
+        log.info("%s: removed %d stale temporary file(s) of ended processes (%s freed)", folder, len(removed), human_bytes(freed))
+    return removed
 
 # %% ../nbs/00_io.ipynb #5301c37d
 def file_sha256(path:str|Path) -> str:
@@ -507,6 +655,31 @@ LAYOUTS = {
     'folder': Layout('folder', '', {}, (), None, None, 'a plain folder of NIfTI files, one subject per file'),
 }
 
+# %% ../nbs/00_io.ipynb #4b7eb4cb
+def _link_problem(p:Path) -> BrokenLinkError|None:
+    "Why symbolic link `p` cannot be followed (its target is missing, or it loops), or None when `p` is no broken link."
+    if not os.path.islink(p): return None
+    try: os.stat(p); return None
+    except OSError as e: err = e
+    try: target = os.readlink(p)
+    except OSError: target = '?'
+    if err.errno == errno.ELOOP:
+        return BrokenLinkError(p, f"is a symbolic link loop: it points to {target}, which leads back to itself",
+                               "point the link at the real folder or file, or remove the link")
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return BrokenLinkError(p, f"is a symbolic link to {target}, but the link target does not exist "
+                               "(storage not mounted?)", "mount the storage, or remove the link")
+    return BrokenLinkError(p, f"is a symbolic link to {target} that cannot be followed ({err.strerror})",
+                           "check the link's target and its permissions, or remove the link")
+
+def _broken_link_on(p:Path, top:Path|None=None) -> BrokenLinkError|None:
+    "The problem of the first broken link on the way to `p` (`p` itself, its `.nii` twin, or a folder below `top`)."
+    cands = [p, p.with_name(p.name[:-3])] if p.name.lower().endswith('.nii.gz') else [p]
+    for q in p.parents:
+        if top is None or (q != top and top not in q.parents): break
+        cands.append(q)
+    return next((e for q in cands if (e := _link_problem(q)) is not None), None)
+
 # %% ../nbs/00_io.ipynb #48b41b20
 @dataclass(eq=False)
 class Subject(Mapping):
@@ -524,11 +697,12 @@ class Subject(Mapping):
                 f"modality (it has {', '.join(self.files) or 'none'})", f"ask for one of: {', '.join(self.files)}")
         found = find_file(p)
         if found is None:
+            if (link := _broken_link_on(p, self.root)) is not None: raise link
             claimed = {find_file(q) for q in self.files.values()}
             others = [f for f in (_nifti_files(p.parent) if p.parent.is_dir() else []) if p.parent/f not in claimed]
             seen = f" (files there that match no modality: {', '.join(others[:5])})" if others else ''
             raise MissingModalityError(p, f"missing {modality} file of subject {self.id}{seen}",
-                f"restore or rename the file, or leave the subject out: open_dataset(..., exclude=['{self.id}'])")
+                f"restore or rename the file, or leave the subject out: --exclude {self.id} (open_dataset(..., exclude=['{self.id}']))")
         return found
 
     def __getitem__(self, modality:str) -> Volume:
@@ -546,6 +720,10 @@ class Subject(Mapping):
     def _key(self): return (self.id, self.root, self.layout.name)
     def __eq__(self, other): return isinstance(other, Subject) and self._key() == other._key()
     def __hash__(self): return hash(self._key())
+
+    def broken_links(self) -> list[str]:
+        "The modalities whose file is a broken symbolic link (a loop, or a target that does not exist)."
+        return [m for m,p in self.files.items() if find_file(p) is None and _broken_link_on(p, self.root) is not None]
 
     def load(self, modalities:Sequence[str]|None=None) -> dict[str, Volume]:
         "Read `modalities` (default: all present) and check they share shape and affine."
@@ -576,19 +754,31 @@ def check_same_grid(vols:Mapping[str, Volume], atol:float=1e-3):
         "register/resample all modalities of a subject to one grid before using them together")
 
 # %% ../nbs/00_io.ipynb #cd806f7a
-def _subdirs(root:Path) -> list[str]:
-    with os.scandir(root) as it: return sorted(e.name for e in it if e.is_dir() and not e.name.startswith('.'))
-
-def _nifti_files(root:Path) -> list[str]:
+def _entries(root:Path) -> list[tuple[str, str]]:
+    "The entries of folder `root`, sorted, as (name, kind): 'dir', 'file', 'broken' (a link that cannot be followed) or 'other'."
+    out = []
     with os.scandir(root) as it:
-        return sorted(e.name for e in it if e.is_file() and is_nifti_path(e.name) and not e.name.startswith('.'))
+        for e in it:
+            try: kind = 'dir' if e.is_dir() else 'file' if e.is_file() else 'broken' if e.is_symlink() and not os.path.exists(e.path) else 'other'
+            except OSError: kind = 'broken'  # a symbolic link loop: following it fails
+            out.append((e.name, kind))
+    return sorted(out)
+
+def _subdirs(root:Path) -> list[str]: return [n for n,k in _entries(root) if k == 'dir' and not n.startswith('.')]
+
+def _nifti_files(root:Path, broken:bool=False) -> list[str]:
+    "The NIfTI files of `root` (with `broken`: also NIfTI-named links that cannot be followed)."
+    kinds = ('file', 'broken') if broken else ('file',)
+    return [n for n,k in _entries(root) if k in kinds and is_nifti_path(n) and not n.startswith('.')]
+
+def _broken_links(root:Path) -> list[str]: return [n for n,k in _entries(root) if k == 'broken' and not n.startswith('.')]
 
 def _strip_nifti(name:str) -> str: return re.sub(r'\.nii(\.gz)?$', '', name, flags=re.I)
 
 def _generic_files(d:Path, sid:str) -> dict[str, Path]:
-    "Files `<id>_<modality>.nii.gz` of a generic subject folder, by modality."
+    "Files `<id>_<modality>.nii.gz` of a generic subject folder, by modality (broken links too: they are its problem)."
     out = {}
-    for fn in _nifti_files(d):
+    for fn in _nifti_files(d, broken=True):
         stem = _strip_nifti(fn)
         if stem.startswith(sid + '_'): out[stem[len(sid)+1:]] = d/fn
     return out
@@ -630,6 +820,7 @@ def detect_layout(root:str|Path) -> tuple[str, Path]:
     "The dataset name of folder `root`, and the folder that holds its subjects."
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
+        if (link := _link_problem(root)) is not None: raise link
         raise DatasetLayoutError(root, "is a file, not a dataset folder" if root.exists() else "does not exist",
             "point to the dataset's folder (the one that contains the subject folders); "
             "for one file use load_volume() or `brainkit info FILE`")
@@ -642,7 +833,7 @@ def detect_layout(root:str|Path) -> tuple[str, Path]:
     best = max(scores, key=scores.get)
     if scores[best]:
         if others := {k: n for k,n in scores.items() if n and k != best}:
-            log.warning("%s also holds %s subject(s), which are ignored: open them with dataset=...", root,
+            log.warning("%s also holds %s subject(s), which are ignored: open them with --dataset NAME (dataset=...)", root,
                         ', '.join(f"{n} {k}" for k,n in others.items()))
         return best, root
     for n in names:  # one level down: a wrapper folder around the subjects
@@ -653,8 +844,10 @@ def detect_layout(root:str|Path) -> tuple[str, Path]:
     if names and all(_generic_files(root/n, n) for n in names): return 'subjects', root
     if _nifti_files(root): return 'folder', root
     seen = ', '.join(names[:5] + _nifti_files(root)[:5]) or 'nothing'
+    if broken := _broken_links(root):  # every subject behind a link, and the storage not mounted?
+        seen += f"; {len(broken)} broken symbolic link(s): {_link_problem(root/broken[0]) or broken[0]}"
     raise DatasetLayoutError(root, f"matches no known dataset layout (found: {seen})",
-        "point to the folder that contains the subject folders, or pass dataset= one of:\n" +
+        "point to the folder that contains the subject folders, or give --dataset (dataset=) one of:\n" +
         '\n'.join(f"    {k!r}: {l.description}" for k,l in LAYOUTS.items()))
 
 # %% ../nbs/00_io.ipynb #392b8b4c
@@ -669,6 +862,15 @@ def discover(root:Path, layout:Layout, modality:str='image') -> list[Subject]:
         files = _generic_files(root/n, sid) if layout.name == 'subjects' else layout.expected(root/n, sid)
         subs.append(Subject(sid, files, layout, root/n))
     return subs
+
+# %% ../nbs/00_io.ipynb #04670bcc
+def _unreachable(root:Path, layout:Layout) -> dict[str, BrokenLinkError]:
+    "The subjects of `root` under `layout` whose folder (or file, for a plain folder) is a broken link, by id."
+    out = {}
+    for n in _broken_links(root):
+        sid = (_strip_nifti(n) if is_nifti_path(n) else None) if layout.name == 'folder' else layout.match(n)
+        if sid is not None and (err := _link_problem(root/n)) is not None: out[sid] = err
+    return out
 
 # %% ../nbs/00_io.ipynb #4b1f64f7
 def _geometry(v:Volume) -> Volume:
@@ -685,24 +887,31 @@ def _header_volume(path:Path) -> Volume:
 # %% ../nbs/00_io.ipynb #9f14dfa7
 class MRIDataset(Sequence):
     "The subjects of one dataset folder, discovered lazily."
-    def __init__(self, root:Path, layout:Layout, subjects:list[Subject]):
+    def __init__(self, root:Path, layout:Layout, subjects:list[Subject],
+                 missing:Mapping[str, BrainkitError]|None=None): # subjects that cannot be opened (broken links), by id
         self.root,self.layout,self.subjects = root,layout,subjects
+        self.missing = dict(missing or {})
         self._by_id = {s.id: s for s in subjects}
 
     def __len__(self): return len(self.subjects)
     def __getitem__(self, i:int|str|slice) -> Subject|MRIDataset:
         if isinstance(i, str):
             try: return self._by_id[i]
-            except KeyError: raise KeyError(f"no subject {i!r} in {self.root}") from None
+            except KeyError:
+                if i in self.missing: raise KeyError(f"subject {i!r} of {self.root} cannot be opened: {self.missing[i]}") from None
+                raise KeyError(f"no subject {i!r} in {self.root}") from None
         if isinstance(i, slice): return MRIDataset(self.root, self.layout, self.subjects[i])
         return self.subjects[i]
     @property
     def ids(self) -> list[str]: return [s.id for s in self.subjects]
-    def __repr__(self): return f"MRIDataset({self.layout.name}, {len(self)} subjects, {self.root})"
+    def __repr__(self):
+        gone = f", {len(self.missing)} missing" if self.missing else ''
+        return f"MRIDataset({self.layout.name}, {len(self)} subjects{gone}, {self.root})"
 
     def check_subject(self, s:Subject, modalities:Sequence[str]|None=None, deep:bool=True) -> list[BrainkitError]:
         "Every problem of subject `s` (an empty list when it is fine)."
-        mods = list(modalities) if modalities is not None else list(dict.fromkeys([*self.layout.required, *s]))
+        mods = (list(modalities) if modalities is not None else
+                list(dict.fromkeys([*self.layout.required, *s, *s.broken_links()])))
         errs, grids = [], {}
         for m in mods:
             try: grids[m] = _geometry(s[m]) if deep else _header_volume(s.path(m))  # keep the grid, drop the voxels
@@ -720,16 +929,16 @@ class MRIDataset(Sequence):
              raise_errors:bool=True, # raise `DatasetScanError` listing every bad subject
              progress:bool=True, # show a progress bar
             ) -> dict[str, list[BrainkitError]]:
-        "Check every subject; report all bad subjects at once."
+        "Check every subject; report all bad subjects at once (those that cannot be opened included)."
         from tqdm.auto import tqdm
-        if not self.subjects:
+        if not self.subjects and not self.missing:
             raise DatasetLayoutError(self.root, f"holds no {self.layout.name} subjects",
                                      "point to the folder that contains the subject folders")
         chk = lambda s: (s.id, self.check_subject(s, modalities, deep))
         with ThreadPoolExecutor(max(1, workers)) as ex:
             res = list(tqdm(ex.map(chk, self.subjects), total=len(self), desc=f"scan {self.root.name}",
                             disable=not progress, leave=False))
-        problems = {sid: errs for sid,errs in res if errs}
+        problems = dict(sorted([*((sid, [e]) for sid,e in self.missing.items()), *((sid, errs) for sid,errs in res if errs)]))
         if problems and raise_errors:
             raise DatasetScanError(self.root, f"{len(problems)} bad subject(s)",
                                    "fix or remove the files listed", problems=problems)
@@ -748,23 +957,31 @@ def open_dataset(root:str|Path, # the dataset folder
     elif dataset not in LAYOUTS:
         raise ValueError(f"unknown dataset {dataset!r}: use 'auto' or one of {', '.join(LAYOUTS)}")
     elif not root.is_dir():
+        if (link := _link_problem(root)) is not None: raise link
         raise DatasetLayoutError(root, "does not exist" if not root.exists() else "is not a folder",
                                  "point to the dataset's folder")
     elif dataset not in ('subjects', 'folder') and _is_subject(LAYOUTS[dataset], root): root = root.parent
     layout = LAYOUTS[dataset]
-    subs = discover(root, layout, modality)
-    if root != given and layout.match(given.name): subs = [s for s in subs if s.root == given]  # one subject's folder
+    subs, missing = discover(root, layout, modality), _unreachable(root, layout)
+    if root != given and layout.match(given.name):  # one subject's folder
+        subs, missing = [s for s in subs if s.root == given], {}
     if layout.name not in ('folder', 'subjects') and root == given:
         if skipped := [n for n in _subdirs(root) if layout.match(n) is None]:
             log.warning("%s: %d folder(s) are not %s subjects and are ignored: %s", root, len(skipped), layout.name,
                         ', '.join(skipped[:5]) + (' ...' if len(skipped) > 5 else ''))
     exclude = set(exclude)
-    if unknown := exclude - {s.id for s in subs}: log.warning("exclude= names no subject of %s: %s", root, sorted(unknown))
+    if unknown := exclude - {s.id for s in subs} - set(missing):
+        log.warning("exclude= names no subject of %s: %s", root, sorted(unknown))
     subs = [s for s in subs if s.id not in exclude]
+    missing = {sid: e for sid,e in missing.items() if sid not in exclude}
+    if missing:
+        log.warning("%s: %d subject(s) cannot be opened and are left out (a scan lists them): %s", root, len(missing),
+                    '; '.join(f"{sid}: {e.problem}" for sid,e in missing.items()))
     if not subs:
-        raise DatasetLayoutError(root, f"holds no {layout.name} subjects ({layout.description})",
-                                 "point to the folder that contains the subject folders, or pick another dataset=")
-    return MRIDataset(root, layout, subs)
+        gone = f"; {len(missing)} cannot be opened ({', '.join(missing)}): {next(iter(missing.values()))}" if missing else ''
+        raise DatasetLayoutError(root, f"holds no {layout.name} subjects ({layout.description}){gone}",
+                                 "point to the folder that contains the subject folders, or pick another --dataset (dataset=)")
+    return MRIDataset(root, layout, subs, missing)
 
 # %% ../nbs/00_io.ipynb #56e8e529
 SAMPLES = {'brats': 'BraTS2021', 'hcp': 'HCP', 'ucsf': 'UCSF-PDGM', 'oracle': 'oracle/HCP_in_BraTS_contrast',

@@ -372,5 +372,5 @@ def pick_device(device:str|torch.device='auto') -> torch.device:
         raise BrainkitError(None, f"device {str(device)!r} is not a device name", "use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise BrainkitError(None, f"device {str(device)!r} was asked for, but this torch has no usable CUDA GPU",
-                            "use device='auto' or 'cpu', or install a CUDA build of torch on a GPU machine")
+                            "use --device auto or cpu (device='auto' or 'cpu'), or install a CUDA build of torch on a GPU machine")
     return dev

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import LAYOUTS
-from .data import Augment, PairedSlices, SliceCache, fit_normalizers, split_dataset
+from .data import Augment, PairedSlices, SliceCache, fit_normalizers, split_dataset, split_record
 from .networks import discriminator, generator
 from .losses import GANLoss, gradient_penalty
 from .metrics import subject_scores
-from .train import Dist, Precision, wrap_ddp
+from .train import Dist, Precision, stored_split, wrap_ddp
 from .gan import (GANConfig, Prepared, direction, loss_values, rank0_first, register_translator, set_requires_grad,
                           train_translation, translate_batch, translation_scores)
 
@@ -85,9 +85,9 @@ class Pix2Pix:
     @property
     def extras(self) -> dict: return {'precision': self.prec}
     @classmethod
-    def prepare(cls, cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+    def prepare(cls, cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True, resumed:dict|None=None) -> Prepared:
         "The paired slices of the run (see `paired_data`)."
-        return paired_data(cfg, dist, cache, progress)
+        return paired_data(cfg, dist, cache, progress, resumed)
 
     def step(self, batch:Mapping) -> dict[str, float]:
         "One update of D, then G, on a batch {'source': (N, C, H, W), 'target': (N, 1, H, W)}."
@@ -124,9 +124,12 @@ def evaluate_translation(G:nn.Module, # a generator: sources -> target
                                   for k, s in enumerate(ds.set.subjects)), batch_size)
 
 # %% ../nbs/09_pix2pix.ipynb #a25e01e8
-def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True) -> Prepared:
+def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progress:bool=True,
+                resumed:dict|None=None, # the checkpoint metadata of the run this one resumes: its split is kept
+               ) -> Prepared:
     "The training and held-out paired slices of a Pix2Pix run, its held-out evaluation and its checkpoint metadata."
-    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file)
+    ds, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file,
+                                                   exclude=cfg.exclude, stored=stored_split(resumed))
     norms = fit_normalizers(cfg.normalization, [*cfg.sources, cfg.target], train_s)
     slicing = cfg.slicing(norms)
     train = rank0_first(dist, lambda: PairedSlices(train_s, cfg.sources, cfg.target, slicing, augment=Augment() if cfg.augment else None,
@@ -134,7 +137,7 @@ def paired_data(cfg:Pix2PixConfig, dist:Dist, cache:SliceCache|None=None, progre
     val = (PairedSlices(val_s, cfg.sources, cfg.target, slicing, cache=cache, seed=cfg.seed, progress=progress)
            if val_s and dist.main else None)
     meta = {'sources': list(cfg.sources), 'target': cfg.target, 'plane': cfg.plane, 'size': cfg.size, 'spacing': cfg.spacing,
-            'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'split': {k: list(v) for k, v in parts.items()},
+            'normalizers': {m: n.to_dict() for m, n in norms.items()}, **split_record(ds, parts, [*cfg.sources, cfg.target]),
             'directions': {'AtoB': direction('G', cfg.sources, cfg.target, norms, norms[cfg.target])}}
     return Prepared(train, meta, (lambda model: evaluate_translation(model.G, val)) if val else None,
                     {'train_subjects': len(train_s), 'train_slices': len(train)})

@@ -20,11 +20,12 @@ from .io import (LAYOUTS, PLANES, REGION_NAMES, BrainkitError, Subject, Volume, 
                          label_regions, open_dataset, plane_axis, regions_to_labels, samples_dir)
 from .preprocess import METHODS, CropPad, Normalizer, brain_mask
 from .data import (Augment, SliceCache, SliceSet, Slicing, VolumeSet, fit_normalizers, item_rng, lr_axis, make_loader,
-                           split_dataset)
+                           split_dataset, split_record)
 from .networks import NORMS, SegUNet, pick_device
 from .losses import dice_bce_loss
 from .metrics import dice_per_region
-from .train import Precision, Run, TrainConfig, fit, linear_decay, load_checkpoint, load_nets, seed_everything
+from .train import (Precision, Run, TrainConfig, fit, linear_decay, load_checkpoint, load_nets, resumed_meta, run_lock,
+                            seed_everything, stored_split)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,9 @@ class SegConfig(TrainConfig):
             (self.depth >= 1 and self.size % m == 0, f"size {self.size} does not divide by 2**depth = {m}: choose a size that does, or a smaller depth"),
             (self.patch is None or (self.dims == 3 and self.patch > 0 and self.patch % m == 0),
              f"patch {self.patch} needs dims 3 and a multiple of 2**depth = {m}"),
-            (self.base >= 1, "base must be at least 1")]
+            (self.base >= 1, "base must be at least 1"),
+            (bool(self.modalities) and len(set(self.modalities)) == len(self.modalities),
+             f"modalities must be distinct, each given once (--modalities t1 t1ce ...), not {' '.join(self.modalities)}")]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
     def slicing(self, normalizers:Mapping[str, Normalizer]|None=None) -> Slicing:
@@ -215,35 +218,38 @@ def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
     "Train a segmentation U-Net as `cfg` says, into `out_dir`; returns the metrics written to metrics.json."
     cfg = cfg if isinstance(cfg, SegConfig) else SegConfig.from_dict(cfg)
     out_dir = Path(out_dir)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    _, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file)
-    norms = fit_normalizers(cfg.normalization, cfg.modalities, train_s)
-    augment = Augment() if cfg.augment else None
-    if cfg.dims == 2: train_ds = SegSlices(train_s, cfg.modalities, cfg.slicing(norms), augment=augment, cache=cache, seed=cfg.seed, progress=progress)
-    else: train_ds = SegVolumes(train_s, cfg.modalities, cfg.slicing(norms), patch=cfg.patch, multiple=2 ** cfg.depth, cache=cache,
-                                seed=cfg.seed, progress=progress)
-    # validation volumes keep their whole grid (no crop to `size`): their Dice is the Dice of what `predict` writes
-    val_ds = VolumeSet(val_s, cfg.modalities, 'seg', Slicing.of(cfg.slicing(norms), size=None), cache=cache, progress=progress) if val_s else None
-    loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device)
-    model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    prec, visuals = Precision(cfg.amp, device), {}
-    meta = {'modalities': list(cfg.modalities), 'plane': cfg.plane, 'dims': cfg.dims, 'size': cfg.size,
-            'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'regions': list(REGION_NAMES),
-            'split': {k: list(v) for k, v in parts.items()}}
-    run = Run(out_dir, 'segment', asdict(cfg), {'unet': model}, {'unet': opt}, {'unet': linear_decay(opt, cfg.epochs, cfg.epochs_decay)},
-              {'precision': prec}, meta)
-    validate = (lambda: {f'val_{k}': v for k, v in _mean_dice(evaluate_segmentation(model, val_ds, cfg.batch_size)).items()}) if val_ds else None
-    fit(run, loader, _seg_step(model, opt, prec, cfg, device, visuals), cfg.epochs + cfg.epochs_decay, save_every=cfg.save_every,
-        validate=validate, seed=cfg.seed, resume=resume, progress=progress, visuals=lambda: visuals,
-        sample_every=cfg.sample_every, tensorboard=cfg.tensorboard)
-    per_subject = evaluate_segmentation(model, val_ds, cfg.batch_size) if val_ds else []
-    metrics = {'kind': 'segment', 'epochs': run.epoch, 'final_loss': run.history[-1]['loss'],
-               'val_dice': _mean_dice(per_subject), 'val_subjects': per_subject, 'history': run.history,
-               'train_subjects': len(train_s), 'train_items': len(train_ds), 'config': asdict(cfg)}
-    atomic_write_bytes(out_dir/'metrics.json', json.dumps(metrics, indent=1).encode())
-    return metrics
+    with run_lock(out_dir):                      # the whole run: one process per folder
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.device)
+        stored = stored_split(resumed_meta(out_dir, resume, 'segment'))             # a resume keeps the split it began with
+        ds, (train_s, val_s, _), parts = split_dataset(cfg.data, cfg.dataset, cfg.split, cfg.subject_seed, cfg.split_file,
+                                                       exclude=cfg.exclude, stored=stored)
+        norms = fit_normalizers(cfg.normalization, cfg.modalities, train_s)
+        augment = Augment() if cfg.augment else None
+        if cfg.dims == 2: train_ds = SegSlices(train_s, cfg.modalities, cfg.slicing(norms), augment=augment, cache=cache, seed=cfg.seed, progress=progress)
+        else: train_ds = SegVolumes(train_s, cfg.modalities, cfg.slicing(norms), patch=cfg.patch, multiple=2 ** cfg.depth, cache=cache,
+                                    seed=cfg.seed, progress=progress)
+        # validation volumes keep their whole grid (no crop to `size`): their Dice is the Dice of what `predict` writes
+        val_ds = VolumeSet(val_s, cfg.modalities, 'seg', Slicing.of(cfg.slicing(norms), size=None), cache=cache, progress=progress) if val_s else None
+        loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device)
+        model = build_model(cfg).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        prec, visuals = Precision(cfg.amp, device), {}
+        meta = {'modalities': list(cfg.modalities), 'plane': cfg.plane, 'dims': cfg.dims, 'size': cfg.size,
+                'normalizers': {m: n.to_dict() for m, n in norms.items()}, 'regions': list(REGION_NAMES),
+                **split_record(ds, parts, [*cfg.modalities, 'seg'])}
+        run = Run(out_dir, 'segment', asdict(cfg), {'unet': model}, {'unet': opt}, {'unet': linear_decay(opt, cfg.epochs, cfg.epochs_decay)},
+                  {'precision': prec}, meta)
+        validate = (lambda: {f'val_{k}': v for k, v in _mean_dice(evaluate_segmentation(model, val_ds, cfg.batch_size)).items()}) if val_ds else None
+        fit(run, loader, _seg_step(model, opt, prec, cfg, device, visuals), cfg.epochs + cfg.epochs_decay, save_every=cfg.save_every,
+            validate=validate, seed=cfg.seed, resume=resume, progress=progress, visuals=lambda: visuals,
+            sample_every=cfg.sample_every, tensorboard=cfg.tensorboard)
+        per_subject = evaluate_segmentation(model, val_ds, cfg.batch_size) if val_ds else []
+        metrics = {'kind': 'segment', 'epochs': run.epoch, 'final_loss': run.history[-1]['loss'],
+                   'val_dice': _mean_dice(per_subject), 'val_subjects': per_subject, 'history': run.history,
+                   'train_subjects': len(train_s), 'train_items': len(train_ds), 'config': asdict(cfg)}
+        atomic_write_bytes(out_dir/'metrics.json', json.dumps(metrics, indent=1).encode())
+        return metrics
 
 # %% ../nbs/07_unet.ipynb #66f85cde
 def load_segmenter(checkpoint:str|Path, # a segment run's checkpoint.pt (or its folder)

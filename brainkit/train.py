@@ -12,10 +12,13 @@ import logging
 import os
 import pickle
 import random
+import socket
+import sys
+import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from pathlib import Path
@@ -25,16 +28,17 @@ import torch
 from torch import nn
 
 from . import __version__
-from .io import BrainkitError, MissingFileError, atomic_write_bytes
+from .io import BrainkitError, MissingFileError, atomic_write_bytes, remove_stale_temps, write_error
 from .networks import pick_device, sync_norm
 from .viz import radiological
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMAT', 'MUTABLE', 'AMP', 'seed_everything', 'linear_decay', 'CheckpointError', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'checkpoint_file', 'load_checkpoint', 'load_nets', 'Run', 'Precision', 'Dist',
-           'init_distributed', 'distributed_sampler', 'wrap_ddp', 'save_grid', 'fit', 'prepare_out_dir', 'TrainConfig']
+__all__ = ['log', 'FORMAT', 'MUTABLE', 'AMP', 'LOCK', 'seed_everything', 'linear_decay', 'CheckpointError', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'not_a_checkpoint', 'checkpoint_file', 'load_checkpoint', 'load_nets',
+           'Run', 'Precision', 'Dist', 'init_distributed', 'distributed_sampler', 'wrap_ddp', 'save_grid',
+           'RunLockedError', 'run_lock', 'fit', 'prepare_out_dir', 'TrainConfig', 'resumed_meta', 'stored_split']
 
 # %% ../nbs/06_train.ipynb #d947860c
 def seed_everything(seed:int=0):
@@ -85,6 +89,24 @@ def save_checkpoint(path:str|Path, # where to write (atomically)
 _INTACT = "use an intact copy; a run keeps its previous checkpoint if it was killed while saving"
 def _first_line(e:Exception) -> str: return (str(e).splitlines() or [''])[0][:160]
 
+def not_a_checkpoint(path:str|Path) -> str|None:
+    "What a file that cannot be a checkpoint is (empty, a Git LFS pointer, an HTML page, JSON or other text), from its first bytes; None if it may be one."
+    with open(path, 'rb') as f: head = f.read(512)
+    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80': return None     # torch's zip archive, or its older pickle format
+    if not head: return "is truncated or damaged: it is empty (0 bytes)"
+    text = head.lstrip().lower()
+    if text.startswith(b'version https://git-lfs'):
+        return "is a Git LFS pointer (a small text file that stands for the real checkpoint), not the checkpoint itself"
+    if text.startswith((b'<!doctype html', b'<html', b'<head', b'<?xml')):
+        return "is an HTML/XML page (a download that saved an error or login page), not a checkpoint"
+    if text[:1] in (b'{', b'['): return "is JSON text, not a checkpoint"
+    try: head.decode('utf-8')
+    except UnicodeDecodeError: return None
+    return "is a text file, not a checkpoint"
+
+_NOT_CK_FIX = {'LFS': "fetch the real file (`git lfs pull` in its repository), then give it again",
+               'HTML': "download it again (check the address, and that you are logged in)"}
+
 def checkpoint_file(path:str|Path) -> Path:
     "The checkpoint a path names: the file itself, or a run folder's `checkpoint.pt`."
     path = Path(path)
@@ -93,14 +115,18 @@ def checkpoint_file(path:str|Path) -> Path:
 def load_checkpoint(path:str|Path, # a checkpoint written by brainkit
                     kind:str|None=None, # the model it must be from ('segment', 'pix2pix', ...); None: any
                     map_location='cpu',
+                    mmap:bool=False, # map the tensors from the file instead of reading them (to look at its metadata)
                    ) -> dict:
     "Load a brainkit checkpoint with `weights_only=True`; refuse missing, damaged, unsafe or wrong-model files clearly."
     path = checkpoint_file(path)
     if not path.is_file():
         raise MissingFileError(path, "no such checkpoint", "give the checkpoint.pt of a training run (or the run's folder)")
-    try: ck = torch.load(path, map_location=map_location, weights_only=True)
+    if (what := not_a_checkpoint(path)) is not None:
+        raise CheckpointError(path, what, next((f for k, f in _NOT_CK_FIX.items() if k in what),
+                              _INTACT if 'truncated' in what else "give the checkpoint.pt that a brainkit training run wrote"))
+    try: ck = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if 'Unsupported' not in str(e) and 'GLOBAL' not in str(e):          # not a refused object: a cut-off pickle
+        if 'global' not in str(e).lower():                               # not a refused object: a cut-off pickle
             raise CheckpointError(path, f"is truncated or damaged ({_first_line(e)})", _INTACT) from None
         raise CheckpointError(path, f"holds Python objects that would run code when loaded; it was refused ({_first_line(e)})",
                               "use checkpoints written by brainkit; never load an untrusted pickle with weights_only=False") from None
@@ -249,6 +275,10 @@ class _IterLog:
     "Appends one row per iteration to iterations.csv (header on first write) and iterations.jsonl."
     def __init__(self, out_dir:Path): self.path, self.jpath, self.f, self.jf, self.keys = out_dir/'iterations.csv', out_dir/'iterations.jsonl', None, None, None
     def write(self, row:dict):
+        try: self._write(row)
+        except OSError as e:                            # a full disk under --out names the log and its folder
+            raise write_error(self.path, e, len(json.dumps(row)) * 2) from None
+    def _write(self, row:dict):
         if self.f is None:
             new = not self.path.is_file() or self.path.stat().st_size == 0
             if not new:
@@ -356,6 +386,54 @@ def save_grid(path:str|Path, # the PNG to write
     buf = io.BytesIO(); fig.savefig(buf, format='png')
     return atomic_write_bytes(path, buf.getvalue())
 
+# %% ../nbs/06_train.ipynb #386b3255
+class RunLockedError(BrainkitError):
+    "A run folder in use by another process."
+
+LOCK = '.run.lock'
+_HELD: dict = {}   # the run locks this process holds: folder -> [lock file, depth, pid]
+
+def _holder(lock:Path) -> str:
+    "Who holds `lock`, as its holder wrote it."
+    try: h = json.loads(lock.read_text())
+    except (OSError, ValueError): return "another process"
+    return f"process {h.get('pid')} on {h.get('host')}, started {h.get('started')}: {h.get('command')}"
+
+@contextmanager
+def run_lock(out_dir:str|Path, # the run's folder (created if need be)
+            ) -> Iterator[Path]:
+    "Hold `out_dir`'s exclusive run lock while the block runs; `RunLockedError` naming the holder if another process has it."
+    out = Path(out_dir).resolve()
+    me = (os.getpid(), threading.get_ident())                      # a process's thread: another thread is another run
+    held = _HELD.get(str(out))
+    if held is not None and held[2] == me:                          # this thread holds it already: re-enter
+        held[1] += 1
+        try: yield out/LOCK
+        finally: held[1] -= 1
+        return
+    try: import fcntl
+    except ImportError:                                            # (no fcntl on Windows: no locking there)
+        log.warning("%s: run folders cannot be locked on this system; two runs into one folder would not be stopped", out)
+        yield out/LOCK; return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out/LOCK, 'a+')
+    except OSError as e: raise write_error(out/LOCK, e, 512) from None   # a read-only or full --out, named
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(out, f"is in use by another training run ({_holder(out/LOCK)})",
+                                 "wait for that run to finish (or stop it), or train into another folder (--out / out_dir)") from None
+        except OSError as e:                                       # a file system without locks (some network mounts)
+            log.warning("%s: cannot lock the run folder (%s); two runs into it would not be stopped", out, e.strerror)
+        holder = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+                             'command': ' '.join(sys.argv)[:300]}) + '\n'
+        try: f.seek(0); f.truncate(); f.write(holder); f.flush()
+        except OSError as e: raise write_error(out/LOCK, e, len(holder)) from None
+        _HELD[str(out)] = [f, 1, me]
+        try: yield out/LOCK
+        finally: _HELD.pop(str(out), None)
+
 # %% ../nbs/06_train.ipynb #d6f3a482
 def _reseed_data(loader, seed:int, epoch:int):
     "Make an epoch's data order and augmentation depend only on (seed, epoch)."
@@ -398,16 +476,22 @@ def _mean_over_processes(sums:dict, count:int, d:Dist) -> dict:
     return {k: float(v) / float(t[-1]) for k, v in zip(sums, t[:-1])}
 
 # %% ../nbs/06_train.ipynb #9c9cf9bf
-def _open_run(run:Run, resume:bool, d:Dist, tensorboard:bool) -> tuple:
+def _open_run(run:Run, resume:bool, d:Dist, tensorboard:bool, epochs:int) -> tuple:
     "Resume `run` from its checkpoint if asked (and there is one); open its logs on rank 0: (iteration log, TensorBoard)."
     if d.main: run.out_dir.mkdir(parents=True, exist_ok=True)
     if resume and run.checkpoint.is_file():
         run.load(dist=d)
+        if run.epoch > epochs:                     # a finished run asked for fewer epochs: nothing to train, nothing to rewrite
+            raise CheckpointError(run.checkpoint, f"holds a run of {run.epoch} epoch(s) done; {epochs} epoch(s) in all were asked "
+                                  "for now, fewer than were done: nothing was trained or changed", f"to train it further, ask for at "
+                                  f"least {run.epoch} epochs in all (epochs + epochs_decay; --epochs, --epochs-decay); for a "
+                                  "shorter run, train into another folder (--out / out_dir)")
         if d.main: log.info("%s: resumed after epoch %d", run.checkpoint, run.epoch)
     elif run.checkpoint.is_file():
         raise CheckpointError(run.checkpoint, "exists already and resuming is off (resume=False, --no-resume): training would overwrite that run",
-                              "resume it (resume=True), or choose another output folder")
+                              "resume it (rerun without --no-resume; resume=True), or choose another output folder (--out / out_dir)")
     if not d.main: return None, None
+    remove_stale_temps(run.out_dir)                # half-written checkpoints of a killed run (the lock keeps out live ones)
     _trim_iterations(run.out_dir, run.iteration)
     if run.epoch == 0:
         for f in ('iterations.csv', 'iterations.jsonl'): (run.out_dir/f).unlink(missing_ok=True)
@@ -420,7 +504,12 @@ def _epoch(run:Run, loader, step:Callable, epoch:int, epochs:int, d:Dist, show:b
     for n in run.nets.values(): n.train()
     sums, count, t0 = {}, 0, time.perf_counter()
     lr = next(iter(run.optims.values())).param_groups[0]['lr'] if run.optims else None   # the rate this epoch uses
-    bar = tqdm(loader, desc=f'epoch {epoch + 1}/{epochs}', disable=not show, leave=False)
+    # one iterator per epoch, made here: given the loader itself, tqdm.auto's class calls iter(loader) once more, which
+    # starts workers that prefetch unused batches and draws from the loader's generator (so `workers` changed the model)
+    batches = iter(loader)
+    try: total = len(loader)
+    except TypeError: total = None                                   # (an iterable dataset has no length)
+    bar = tqdm(batches, total=total, desc=f'epoch {epoch + 1}/{epochs}', disable=not show, leave=False)
     for batch in bar:
         losses = {k: float(v) for k, v in step(batch).items()}
         run.iteration += 1; count += 1
@@ -453,10 +542,16 @@ def fit(run:Run, # the run: its folder and stateful objects
         dist:Dist|None=None, # this process's place in a distributed run (None: a single process)
        ) -> list[dict]:
     "Train `run` for `epochs` epochs with `step`, resuming from its checkpoint; returns the history (one dict per epoch)."
-    from tqdm.auto import tqdm
     d = dist or Dist()
     show = progress and d.main
-    it_log, tb = _open_run(run, resume, d, tensorboard)
+    with run_lock(run.out_dir) if d.main else nullcontext():
+        return _fit(run, loader, step, epochs, d, show, save_every=save_every, validate=validate, seed=seed, resume=resume,
+                    visuals=visuals, sample_every=sample_every, tensorboard=tensorboard)
+
+def _fit(run:Run, loader, step, epochs:int, d:Dist, show:bool, *, save_every, validate, seed, resume, visuals, sample_every, tensorboard):
+    "`fit`'s loop, under the run lock."
+    from tqdm.auto import tqdm
+    it_log, tb = _open_run(run, resume, d, tensorboard, epochs)
     try:
         for epoch in tqdm(range(run.epoch, epochs), desc=f'{run.kind} epochs', initial=run.epoch, total=epochs,
                           disable=not show, leave=True):
@@ -491,9 +586,13 @@ def prepare_out_dir(out_dir:str|Path, # the experiment's output folder
         if not out.is_dir() or (any(out.iterdir()) and not (out/_MARK).is_file()):
             raise BrainkitError(out, "holds files that brainkit did not write there: refusing to delete it for a fresh start",
                                 "give a new or empty folder as out_dir (or fresh=False to keep its contents)")
-        import shutil; shutil.rmtree(out)
+        import shutil
+        from contextlib import ExitStack
+        with ExitStack() as held:                                   # never under a run still going, in it or a subfolder
+            for lock in [out/LOCK, *(p for p in out.rglob(LOCK) if p.parent != out)]: held.enter_context(run_lock(lock.parent))
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out/_MARK).write_text(owner + '\n')
+    atomic_write_bytes(out/_MARK, (owner + '\n').encode())
     return out
 
 # %% ../nbs/06_train.ipynb #91c4cced
@@ -510,6 +609,7 @@ class TrainConfig:
     seed: int = 0
     split: tuple = (0.75, 0.25, 0.0) # train/val/test fractions, by subject
     split_seed: int|None = None # seed of the subject split (None: `seed`; fix it to vary only the training's randomness)
+    exclude: tuple = () # subject ids to leave out (known-bad subjects, another split's patients)
     workers: int = 0 # DataLoader worker processes
     device: str = 'auto' # 'auto', 'cpu', 'cuda', 'mps'
     save_every: int = 1 # checkpoint every this many epochs (and at the end)
@@ -545,3 +645,23 @@ class TrainConfig:
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown {cls.what or cls.__name__} setting(s) {unknown}: the settings are {sorted(known)}")
         return cls(**d)
+
+# %% ../nbs/06_train.ipynb #cf8849c8
+def resumed_meta(out_dir:str|Path, # the run's folder
+                 resume:bool=True, # whether the run will resume (False: None)
+                 kind:str|None=None, # the model that will resume it: another model's checkpoint gives None (`fit` refuses it)
+                ) -> dict|None:
+    "The metadata (split, file fingerprints, ...) of the checkpoint a resume of `out_dir` would continue; None if none."
+    ck = checkpoint_file(out_dir)
+    if not resume or not ck.is_file(): return None
+    ck = load_checkpoint(ck, mmap=True)
+    return ck['meta'] if kind is None or ck.get('kind') == kind else None
+
+def stored_split(meta:Mapping|None, # a checkpoint's metadata (from `resumed_meta`), or None
+                 domain:str|None=None, # for a model of two datasets: which one ('A', 'B')
+                ) -> dict|None:
+    "The split and file fingerprints that `meta` recorded, as `split_dataset(stored=...)` takes them; None if it has none."
+    if not meta or 'split' not in meta: return None
+    split, prints = meta['split'], meta.get('fingerprints')
+    if domain is not None: split, prints = split.get(domain), (prints or {}).get(domain)
+    return None if split is None else {'split': split, 'fingerprints': prints}

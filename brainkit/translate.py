@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'load_translator', 'translate_slices', 'translate_volume', 'provenance', 'sidecar_path', 'save_translation',
-           'translate_path']
+           'open_input', 'translate_path']
 
 # %% ../nbs/11_translate.ipynb #b6589a48
 def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or its folder)
@@ -44,7 +44,7 @@ def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or
                               "give the checkpoint of a translation run (brainkit train pix2pix|cyclegan|...)")
     if direction not in meta['directions']:
         raise CheckpointError(checkpoint, f"has no {direction!r} direction (it has {', '.join(meta['directions'])})",
-                              "use --direction " + ' or '.join(meta['directions']))
+                              f"use --direction {' or '.join(meta['directions'])} (direction= in Python)")
     d = meta['directions'][direction]
     spec = (ck.get('specs') or {}).get(d['net'])
     if not spec or spec.get('kind') != 'generator':
@@ -191,19 +191,35 @@ def _bring_inputs(out:Path, s:Subject):
         except OSError: shutil.copy2(p, dest)
 
 # %% ../nbs/11_translate.ipynb #1dcfd00c
-def _open_input(inp:Path, dataset:str, info:dict):
-    "The input folder as a dataset; a plain folder of files gives each file as the model's one input modality."
+def open_input(input:str|Path, # a subject folder, a dataset folder, or a plain folder of files
+               sources:Sequence[str], # the input modalities of the model that will read it
+               dataset:str='auto', # the folder's layout ('auto': detect it)
+               modality:str|None=None, # what a plain folder's files are (None: the model's one input)
+               exclude:Iterable[str]=(), # subject ids to leave out
+              ):
+    "A model's input folder as a dataset; each file of a plain folder is one subject's image of the model's one input."
+    inp = Path(input)
     ds = open_dataset(inp, dataset)
-    if ds.layout.name != 'folder': return ds
+    if ds.layout.name != 'folder':
+        if modality is not None:
+            log.warning("%s is a %s dataset, which names its own files: modality=%r (--modality) is for plain folders of "
+                        "files, and is ignored", ds.root, ds.layout.name, modality)
+        return open_dataset(inp, dataset, exclude=exclude) if exclude else ds
     parts = [s.id.rsplit('_', 1) for s in ds]
     if len(parts) > 1 and all(len(p) == 2 and p[1].lower() in (*MODALITIES, *LABEL_KEYS) for p in parts) and len({p[0] for p in parts}) == 1:
         raise BrainkitError(inp, f"holds one subject's modalities ({', '.join(s.id for s in ds)}), but its name is not the "
                             f"subject id {parts[0][0]!r} that its files use", f"rename the folder to {parts[0][0]} (then it "
                             "is one subject), or give the input file itself as --input")
-    if len(info['sources']) != 1:
-        raise BrainkitError(inp, f"is a plain folder of files, but the model takes {' + '.join(info['sources'])}",
-                            "give a folder of subjects (each holding every input modality)")
-    return open_dataset(inp, 'folder', modality=info['sources'][0])
+    if len(sources) != 1:
+        raise BrainkitError(ds.root, f"is a plain folder of files, one image per subject, but the model reads {' + '.join(sources)} "
+                            "together", "put each subject's files in a folder of their own, one file per modality (e.g. "
+                            "SUBJECT/SUBJECT_t1.nii.gz, SUBJECT/SUBJECT_flair.nii.gz: --dataset subjects, dataset='subjects'); "
+                            "--modality cannot help here, it names the one modality of every file")
+    if modality is not None and modality != sources[0]:
+        raise BrainkitError(ds.root, f"its files are given as {modality} (--modality {modality}, modality={modality!r}), but the "
+                            f"model reads {sources[0]}", f"if they are {sources[0]} images, give --modality {sources[0]} "
+                            f"(modality={sources[0]!r}) or leave it out; else use a model of {modality} images")
+    return open_dataset(inp, 'folder', modality=sources[0], exclude=exclude)
 
 def _refuse_input(path:Path, inputs:Sequence[Path]):
     if any(path.exists() and p.exists() and path.resolve() == p.resolve() for p in inputs):
@@ -215,7 +231,10 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
                    direction:str='AtoB', plane:str|None=None, batch_size:int=8, fit:str='pad',
                    dataset:str='auto', # the layout of a folder input
                    layout:str='subjects', # the output dataset's layout: 'subjects' (<id>/<id>_<target>.nii.gz) or 'input'
-                   device:str|torch.device='auto', progress:bool=True) -> list[Path]:
+                   device:str|torch.device='auto', progress:bool=True,
+                   modality:str|None=None, # what a plain folder's files (or a file input) are (None: the model's one source)
+                   exclude:Iterable[str]=(), # subject ids of a dataset input to leave out
+                  ) -> list[Path]:
     "Translate a volume, a subject or a whole dataset with a trained generator; returns the files written."
     from tqdm.auto import tqdm
     G, info = load_translator(checkpoint, direction, device)
@@ -225,9 +244,13 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
         if not is_nifti_path(out):
             raise BrainkitError(out, "is not a NIfTI file name, but the input is one volume", "end --output with .nii.gz")
         _refuse_input(out, [inp])
+        if modality is not None and modality != info['sources'][0]:
+            raise BrainkitError(inp, f"is given as {modality} (--modality {modality}, modality={modality!r}), but the model "
+                                f"reads {info['sources'][0]}", f"if it is a {info['sources'][0]} image, leave --modality out; "
+                                f"else use a model of {modality} images")
         return [save_translation(translate_volume(G, info, load_volume(inp), progress=progress, **kw), out,
                                  provenance(info, {info['sources'][0]: inp}, **kw))]
-    ds = _open_input(inp, dataset, info)
+    ds = open_input(inp, info['sources'], dataset, modality, exclude)
     single = is_nifti_path(out)
     if single and len(ds) != 1:
         raise BrainkitError(out, f"is one file, but {inp} holds {len(ds)} subjects",
@@ -246,6 +269,9 @@ def translate_path(checkpoint:str|Path, # a translation run's checkpoint.pt (or 
                            model=info['model'], checkpoint=info['checkpoint'], direction=info['direction'])
     if failed:
         log.warning("%d of %d subject(s) translated into %s; %d failed", len(written), len(ds), out, len(failed))
-        raise DatasetScanError(inp, f"{len(failed)} of {len(ds)} subject(s) could not be translated "
-                               f"({len(written)} written to {out})", "fix the files named below and rerun", problems=failed)
+        e = DatasetScanError(inp, f"{len(failed)} of {len(ds)} subject(s) could not be translated "
+                             f"({len(written)} written to {out})", "fix the file each failed subject names and rerun, or "
+                             "leave those subjects out (--exclude ID..., exclude=[...])", problems=failed)
+        e.written = written                               # what the caller can still list
+        raise e
     return written

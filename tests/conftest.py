@@ -108,3 +108,19 @@ def one_torch_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def brainkit_cli(*args, **kw):
+    "Run the `brainkit` command (quiet, one math thread) in a subprocess, as a user would."
+    import subprocess, sys
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    return subprocess.run([str(Path(sys.executable).parent/'brainkit'), '-q', *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600, **kw)
+
+
+def trained_run(factory, name:str, *argv) -> Path:
+    "A run folder trained by `brainkit *argv --out <tmp>/<name>/run` (for module-scoped fixtures); fails on a non-zero exit."
+    out = factory.mktemp(name)/'run'
+    r = brainkit_cli(*argv, '--out', out)
+    assert r.returncode == 0, r.stderr
+    return out

@@ -57,6 +57,9 @@ def test_scan_lists_every_bad_subject(tmp_path):
     # headers only: the missing file is found, the truncated voxels are not read
     r = brainkit('-q', 'scan', '--headers-only', tmp_path)
     assert r.returncode == 1 and 'BraTS2021_90000_flair.nii.gz' in r.stderr
+    # the fix the messages offer works from the command line: leave the bad subjects out
+    r = brainkit('-q', 'scan', tmp_path, '--exclude', 'BraTS2021_90000', 'BraTS2021_90002')
+    assert r.returncode == 0 and 'all 2 subjects passed' in r.stdout, r.stderr
 
 def test_scan_of_an_unrecognised_folder_says_what_to_do(tmp_path):
     (tmp_path/'notes.txt').write_text('hello')
@@ -206,15 +209,75 @@ def test_info_tells_an_intensity_image_from_a_label_map(tmp_path):
     nib.save(nib.Nifti1Image(t1, np.eye(4)), tmp_path/'t1.nii.gz')
     parc = nib.Nifti1Image(np.arange(8000, dtype=np.int16).reshape(20, 20, 20) % 300, np.eye(4))
     parc.header.set_intent('label'); nib.save(parc, tmp_path/'parc.nii.gz')
-    # a FreeSurfer-like aseg: 40 sparse codes, no intent -> unsure
-    aseg = rng.choice(np.r_[0, np.arange(1, 21), np.arange(1000, 1019)].astype(np.int16), (20, 20, 20))
+    # a FreeSurfer aseg-like map: 49 codes (up to 255), no intent -> unsure: both summaries, every code listed
+    codes = np.r_[0, 2:15, 16:19, 24, 26, 28, 30, 31, 41:55, 58, 60, 62, 63, 72, 77, 80, 85, 251:256].astype(np.int16)
+    aseg = rng.choice(codes, (20, 20, 20))
     nib.save(nib.Nifti1Image(aseg, np.eye(4)), tmp_path/'aseg.nii.gz')
     seg = samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz'
     t1_d, parc_d, aseg_d, seg_d = _info_json(tmp_path/'t1.nii.gz', tmp_path/'parc.nii.gz', tmp_path/'aseg.nii.gz', seg)
     assert t1_d['kind'] == 'intensities' and 'labels' not in t1_d and t1_d['distinct_values'] == 201
     assert 100 <= t1_d['intensity_percentiles_nonzero']['50'] <= 300
     assert parc_d['kind'] == 'label map' and parc_d['intent'] == 'label' and len(parc_d['labels']) == 300
-    assert aseg_d['kind'] == 'could be a label map' and len(aseg_d['labels']) == 40
+    assert len(codes) == 49 and aseg_d["kind"] == "could be a label map" and len(aseg_d["labels"]) == 49
     assert 'intensity_percentiles_nonzero' in aseg_d                 # unsure: both summaries
     assert seg_d['kind'] == 'label map' and set(seg_d['labels']) <= {'0', '1', '2', '4'}
     assert 'intensity_percentiles_nonzero' not in seg_d
+
+
+# --- issue 13: nothing silent, every message clear ---
+
+def test_global_options_may_follow_any_command(tmp_path):
+    "`brainkit scan DIR -q` was refused (exit 2): -q had to come first. Every command, nested ones too, takes it anywhere."
+    r = brainkit('scan', samples_dir('brats'), '-q')
+    assert r.returncode == 0 and 'passed' in r.stdout and 'subjects' not in r.stderr, r.stderr   # no progress bar
+    r = brainkit('samples', 'verify', '-q')
+    assert r.returncode == 0, r.stderr
+    r = brainkit('info', samples_dir('brats')/'BraTS2021_90000'/'BraTS2021_90000_seg.nii.gz', '--quiet')
+    assert r.returncode == 0, r.stderr
+    from brainkit.cli import _subparsers, parser
+    p = parser()
+    assert [sp.prog for sp in _subparsers(p) if not any('-q' in a.option_strings for a in sp._actions)] == []
+    assert p.parse_args(['-q', 'samples', 'verify']).quiet is True          # given first: not undone by the command's copy
+    assert p.parse_args(['samples', 'verify']).quiet is False
+
+
+def test_info_shows_intensities_of_an_integer_image_with_many_values(tmp_path):
+    "An int16 T1 with ~200 grey levels spread over its range printed a 200-entry label histogram."
+    import nibabel as nib
+    rng = np.random.default_rng(1)
+    levels = np.unique(rng.choice(np.arange(1, 4000), 200, replace=False))      # sparse: 200 values over 0..4000
+    t1 = np.zeros((20, 20, 20), np.int16); t1[2:18, 2:18, 2:18] = rng.choice(levels, (16, 16, 16))
+    nib.save(nib.Nifti1Image(t1, np.eye(4)), tmp_path/'t1.nii.gz')
+    seg = np.zeros((20, 20, 20), np.uint8); seg[5:15, 5:15, 5:15] = rng.choice(np.array([1, 2, 4], np.uint8), (10, 10, 10))
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), tmp_path/'seg.nii.gz')
+    t1_d, seg_d = _info_json(tmp_path/'t1.nii.gz', tmp_path/'seg.nii.gz')
+    assert t1_d['kind'] == 'intensities' and 'labels' not in t1_d and t1_d['distinct_values'] == 201
+    assert 1 <= t1_d['intensity_percentiles_nonzero']['50'] <= 4000
+    assert seg_d['kind'] == 'label map' and set(seg_d['labels']) == {'0', '1', '2', '4'}
+    assert 'intensity_percentiles_nonzero' not in seg_d
+    r = brainkit('info', tmp_path/'t1.nii.gz')                               # the text form: a few lines, no histogram
+    assert r.returncode == 0 and 'labels' not in r.stdout and len(r.stdout.splitlines()) < 20, r.stdout
+
+
+def test_training_commands_take_every_config_field_and_exclude(tmp_path):
+    "A tuple field with an empty default (TrainConfig.exclude) becomes `--exclude ID...`; every config field is an option."
+    import dataclasses
+    from brainkit.cli import _config_from, parser
+    from brainkit.gan import translators
+    from brainkit.segment import SegConfig
+    p = parser()
+    a = p.parse_args(['segment', 'train', '--out', 'x', '--exclude', 'BraTS2021_90001', 'BraTS2021_90005'])
+    assert _config_from(a, SegConfig).exclude == ('BraTS2021_90001', 'BraTS2021_90005')
+    for name, model in translators().items():
+        a = p.parse_args(['train', name, '--out', 'x', '--exclude', 'A', 'B'])
+        assert _config_from(a, model.Config).exclude == ('A', 'B'), name
+        assert _config_from(p.parse_args(['train', name, '--out', 'x']), model.Config) == model.Config()   # defaults kept
+    cmds = p._subparsers._group_actions[0].choices
+    trains = {'segment train': (cmds['segment']._subparsers._group_actions[0].choices['train'], SegConfig),
+              **{f'train {n}': (cmds['train']._subparsers._group_actions[0].choices[n], m.Config) for n, m in translators().items()}}
+    for what, (sp, cls) in trains.items():
+        opts = {o for a in sp._actions for o in a.option_strings}
+        assert {'--' + f.name.replace('_', '-') for f in dataclasses.fields(cls)} <= opts, what
+        assert '--exclude' in opts and '--split-file' in opts, what          # (cyclegan's split_file: the lead's field)
+    r = brainkit('train', 'cyclegan', '--help')
+    assert r.returncode == 0 and '--exclude ID [ID ...]' in r.stdout and '(default none)' in r.stdout

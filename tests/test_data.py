@@ -11,7 +11,8 @@ import torch
 
 from brainkit.io import GeometryMismatchError, MissingModalityError, load_volume, open_dataset, samples_dir
 from brainkit.data import (PAIRINGS, Augment, CacheError, PairedSlices, Prep, SliceCache, SliceSet, SplitError,
-                           UnpairedSlices, VolumeSet, default_cache_dir, make_loader, split_subjects)
+                           UnpairedSlices, VolumeSet, default_cache_dir, make_loader, split_dataset, split_record,
+                           split_subjects, subject_fingerprint)
 from brainkit.preprocess import NoBrainError, NoTumourFreeSlicesError, Normalizer, brain_mask
 
 
@@ -55,6 +56,74 @@ def test_split_file_is_used_and_checked(tmp_path):
     assert 'split.json' in str(ei.value)
     f.write_text('{not json')
     with pytest.raises(SplitError, match='cannot be read'): split_subjects(ids, split_file=f)
+
+
+# ---------------------------------------------------------------- resuming keeps its split
+
+IDS3 = ['BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002']
+
+
+def test_a_subject_fingerprint_lists_each_file_with_size_and_mtime(tmp_path, brats):
+    ds = copy_subjects(brats.root, tmp_path, IDS3[:1])
+    s = ds[0]
+    (s.root/f'{s.id}_flair.nii.gz').unlink()                            # a file that is missing is not listed
+    fp = subject_fingerprint(s)
+    assert sorted(fp) == sorted(f'{s.id}_{m}.nii.gz' for m in ('t1', 't1ce', 't2', 'seg'))
+    st = s.path('t2').stat()
+    assert fp[f'{s.id}_t2.nii.gz'] == [st.st_size, st.st_mtime_ns]
+    hcp = open_dataset(samples_dir('hcp'))                              # files in a subfolder: named by their path in the subject
+    assert sorted(subject_fingerprint(hcp[0])) == ['T1w/T1w_acpc_dc_restore_brain.nii.gz', 'T1w/T2w_acpc_dc_restore_brain.nii.gz']
+
+
+def test_a_resume_uses_its_stored_split_and_ignores_added_subjects(tmp_path, brats, caplog):
+    ds = copy_subjects(brats.root, tmp_path, IDS3)
+    split = {'train': ['BraTS2021_90002'], 'val': ['BraTS2021_90000', 'BraTS2021_90001'], 'test': []}
+    rec = split_record(ds, split)
+    assert rec['split'] == split and sorted(rec['fingerprints']) == IDS3
+    assert rec['fingerprints']['BraTS2021_90001'] == subject_fingerprint(ds[1])
+    for sid in ('BraTS2021_90003', 'BraTS2021_90004'): shutil.copytree(brats.root/sid, tmp_path/sid)   # arrived since
+    f = tmp_path/'split.json'; f.write_text(json.dumps({'train': IDS3[:2], 'val': IDS3[2:]}))
+    with caplog.at_level(logging.WARNING, logger='brainkit.data'):
+        ds2, (tr, va, te), parts = split_dataset(tmp_path, fractions=(0.5, 0.5, 0.0), seed=7, split_file=f, stored=rec)
+    assert parts == split                                              # not drawn again, and not the split file
+    assert [s.id for s in tr] == ['BraTS2021_90002'] and [s.id for s in va] == IDS3[:2] and te == []
+    added = [r.getMessage() for r in caplog.records if 'added since this run began' in r.getMessage()]
+    assert len(added) == 1 and '2 subject(s)' in added[0] and 'BraTS2021_90003, BraTS2021_90004' in added[0]
+
+
+def test_a_resume_refuses_subjects_that_are_gone_changed_or_excluded(tmp_path, brats):
+    ds = copy_subjects(brats.root, tmp_path, IDS3)
+    _, _, parts = split_dataset(tmp_path, fractions=(2/3, 1/3, 0.0))
+    rec = split_record(ds, parts)
+    t1 = tmp_path/'BraTS2021_90001'/'BraTS2021_90001_t1.nii.gz'
+    st = t1.stat(); os.utime(t1, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))     # the file was written again
+    seg = tmp_path/'BraTS2021_90002'/'BraTS2021_90002_seg.nii.gz'
+    size = seg.stat().st_size
+    with open(seg, 'ab') as fh: fh.write(b'\0' * 10)                                 # ... or grew
+    with pytest.raises(SplitError) as ei: split_dataset(tmp_path, stored=rec)
+    msg = str(ei.value)
+    assert str(tmp_path) in msg and '2 subject(s)' in msg
+    assert 'BraTS2021_90001: BraTS2021_90001_t1.nii.gz was modified' in msg
+    assert f"BraTS2021_90002: BraTS2021_90002_seg.nii.gz changed size ({size:,} -> {size + 10:,} bytes)" in msg
+    assert 'another output folder (--out / out_dir)' in msg and '--no-resume' not in msg and "restore those subjects' files" in msg
+    shutil.rmtree(tmp_path/'BraTS2021_90000')                                         # a subject gone
+    with pytest.raises(SplitError, match='BraTS2021_90000: no longer in the dataset'):
+        split_dataset(tmp_path, stored=rec | {'fingerprints': None})
+    shutil.copytree(brats.root/'BraTS2021_90000', tmp_path/'BraTS2021_90000')
+    old = rec | {'fingerprints': None}                                 # an older checkpoint: only the subjects are checked
+    assert split_dataset(tmp_path, stored=old)[2] == parts
+    with pytest.raises(SplitError, match='BraTS2021_90002: excluded now'):
+        split_dataset(tmp_path, stored=old, exclude=['BraTS2021_90002'])
+
+
+def test_split_dataset_passes_exclude_and_allow_unknown_on(tmp_path, brats):
+    ds, (tr, va, te), parts = split_dataset(brats.root, fractions=(0.5, 0.5, 0.0), exclude=['BraTS2021_90000'])
+    assert 'BraTS2021_90000' not in {s.id for s in tr + va + te} and len(tr + va + te) == len(brats) - 1
+    f = tmp_path/'joint.json'
+    f.write_text(json.dumps({'train': brats.ids[:6] + ['UCSF-PDGM-0004'], 'val': brats.ids[6:] + ['UCSF-PDGM-0005']}))
+    with pytest.raises(SplitError, match='allow_unknown'): split_dataset(brats.root, split_file=f)
+    _, (tr, va, _), parts = split_dataset(brats.root, split_file=f, allow_unknown=True)
+    assert [s.id for s in va] == sorted(brats.ids[6:]) and parts['val'] == sorted(brats.ids[6:])
 
 
 # ---------------------------------------------------------------- the cache
@@ -323,8 +392,11 @@ def test_entries_removed_while_in_use_give_a_cache_error(tmp_path, brats):
     ps = PairedSlices(brats[:1], ['t1'], 't2', cache=cache, progress=False)
     vs = VolumeSet(brats[:1], ['t1'], label=None, cache=cache, progress=False)
     for npy in tmp_path.rglob('*.npy'): npy.unlink()
-    with pytest.raises(CacheError, match='create the dataset again'): ps[0]
-    with pytest.raises(CacheError, match='create the dataset again'): vs[0]
+    for dataset, entry in ((ps, ps.set.files[0]['t1'].path), (vs, vs.set.files[0]['t1'].path)):
+        with pytest.raises(CacheError) as ei: dataset[0]
+        msg = str(ei.value)                       # the fix names the entry and the cache folder to delete
+        assert f"delete the entry ({entry} and its sidecar" in msg and f"or the whole cache folder {tmp_path} ($BRAINKIT_CACHE" in msg
+        assert 'create the dataset again' not in msg
 
 
 def test_spacing_resamples_before_slicing(brats, hcp, cache):
@@ -344,3 +416,27 @@ def test_make_loader_accepts_auto_device_and_a_sampler(brats, cache):
     assert next(iter(make_loader(ds, 2, device='auto')))['source'].shape[0] == 2
     sampler = torch.utils.data.SequentialSampler(range(3))
     assert next(iter(make_loader(ds, 3, sampler=sampler)))['slice'].tolist() == [ds.set.index[j, 1] for j in range(3)]
+
+
+def test_a_file_the_run_never_reads_may_arrive_later(tmp_path, brats):
+    "A folder still being unpacked: the flair files arrive after a t1 -> t2 run began; its resume must not mind."
+    ds = copy_subjects(brats.root, tmp_path, IDS3)
+    flair = [next(p for p in (tmp_path/i).iterdir() if p.name.endswith('_flair.nii.gz')) for i in IDS3]
+    held = [f.read_bytes() for f in flair]
+    for f in flair: f.unlink()
+    ds, _, parts = split_dataset(tmp_path, fractions=(2/3, 1/3, 0.0))
+    rec = split_record(ds, parts, ['t1', 't2'])
+    assert all(set(fp) == {f'{i}_t1.nii.gz', f'{i}_t2.nii.gz'} for i, fp in rec['fingerprints'].items())
+    for f, b in zip(flair, held): f.write_bytes(b)                                     # unpacking goes on
+    assert split_dataset(tmp_path, stored=rec)[2] == parts
+    t2 = tmp_path/IDS3[0]/f'{IDS3[0]}_t2.nii.gz'
+    with open(t2, 'ab') as fh: fh.write(b'\0')                                       # a file the run reads changed
+    with pytest.raises(SplitError, match=f'{IDS3[0]}_t2.nii.gz changed size'): split_dataset(tmp_path, stored=rec)
+
+
+def test_an_excluded_subject_named_by_the_split_file_is_left_out(tmp_path, brats):
+    copy_subjects(brats.root, tmp_path, IDS3)
+    sf = tmp_path/'split.json'
+    sf.write_text(json.dumps({'train': IDS3[:2], 'val': IDS3[2:]}))
+    _, (train, val, _), parts = split_dataset(tmp_path, split_file=sf, exclude=[IDS3[1]])
+    assert parts == {'train': [IDS3[0]], 'val': [IDS3[2]]} and [s.id for s in train] == [IDS3[0]]

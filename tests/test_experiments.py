@@ -290,7 +290,12 @@ def test_a_killed_sweep_resumes_with_only_the_missing_runs(nb, tmp_path):
     finally: os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     interrupted, orphan = running[0], st[running[0]]['kernel_pid']
-    assert run_status(out/interrupted)['status'] == 'running'        # left as it was: never taken for a finished run
+    # never taken for a finished run, nor (issue 13) for one still running: its process is gone
+    killed = run_status(out/interrupted)
+    assert killed['status'] == 'interrupted' and f'the process {p.pid} ended without recording a result' in killed['error']
+    assert json.loads((out/interrupted/'run.json').read_text())['status'] == 'running'    # (reading changes nothing)
+    code, table, err = cli('results', out)
+    assert code == 1 and f'interrupted: {interrupted}: the process {p.pid} ended' in err, err
     before = executions(log)
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -313,3 +318,25 @@ def test_a_metric_named_like_a_parameter_keeps_both(tmp_path):
     assert res.params == ['score'] and [r['score'] for r in res.rows] == [0.5, 1.5]
     assert 'metrics.score' in res.metrics and [r['metrics.score'] for r in res.rows] == [2.0, 2.0]
     assert res.markdown().splitlines()[0].count('| score |') == 1
+
+
+def test_a_run_whose_process_ended_reads_interrupted(tmp_path):
+    "Issue 13: a SIGKILLed sweep's runs stayed `running`, with 'no error recorded', in `brainkit results`."
+    import socket
+    from datetime import datetime, timezone
+    ended = subprocess.Popen([sys.executable, '-c', 'pass']); ended.wait()          # a real process, ended
+    now, here = datetime.now(timezone.utc).isoformat(timespec='seconds'), socket.gethostname()
+    for x, host, pid in ((1, here, ended.pid), (2, 'gpu-node-7', ended.pid), (3, here, os.getpid())):
+        d = tmp_path/'sweep'/f'x={x}'; d.mkdir(parents=True)
+        (d/'params.json').write_text(json.dumps({'notebook': 'demo.ipynb', 'params': {'x': x}}))
+        (d/'run.json').write_text(json.dumps({'status': 'running', 'started': now, 'host': host, 'pid': pid}))
+    st = run_status(tmp_path/'sweep'/'x=1')
+    assert st['status'] == 'interrupted' and st['recorded'] == 'running'
+    assert f'the process {ended.pid} ended without recording a result' in st['error'] and 'rerun the sweep' in st['error']
+    elsewhere = run_status(tmp_path/'sweep'/'x=2')                                  # another machine: cannot tell from here
+    assert elsewhere['status'] == 'running' and 'gpu-node-7' in elsewhere['note']
+    assert run_status(tmp_path/'sweep'/'x=3')['status'] == 'running'               # this very process: alive
+    code, out, err = cli('results', tmp_path/'sweep')
+    assert code == 1 and '| x=1 | 1 | interrupted |' in out, out
+    assert f'interrupted: x=1: the process {ended.pid} ended' in err and 'running: x=2: running on gpu-node-7' in err
+    assert 'no error recorded' not in err

@@ -12,6 +12,7 @@ from brainkit.io import load_volume, samples_dir
 from brainkit.preprocess import brain_mask
 from brainkit.train import CheckpointError
 from brainkit.translate import load_translator, translate_path, translate_volume
+from conftest import trained_run
 
 EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -35,19 +36,13 @@ def t1_of(sid=SID):
 @pytest.fixture(scope='module')
 def p2p(tmp_path_factory):
     "A tiny Pix2Pix run, t1 -> t2, on the samples' own grid (no resampling)."
-    out = tmp_path_factory.mktemp('p2p')/'run'
-    r = brainkit('train', 'pix2pix', '--out', out, *TINY)
-    assert r.returncode == 0, r.stderr
-    return out
+    return trained_run(tmp_path_factory, 'p2p', 'train', 'pix2pix', *TINY)
 
 
 @pytest.fixture(scope='module')
 def cyc(tmp_path_factory):
     "A tiny CycleGAN run, HCP-like t1 <-> BraTS-like t1, trained on volumes resampled to 4.8 mm."
-    out = tmp_path_factory.mktemp('cyc')/'run'
-    r = brainkit('train', 'cyclegan', '--out', out, *TINY, '--spacing', 4.8)
-    assert r.returncode == 0, r.stderr
-    return out
+    return trained_run(tmp_path_factory, 'cyc', 'train', 'cyclegan', *TINY, '--spacing', 4.8)
 
 
 @pytest.fixture(scope='module')
@@ -178,6 +173,9 @@ def test_a_broken_subject_does_not_stop_the_others(p2p, tmp_path):
     assert sorted(p.name for p in (tmp_path/'out').iterdir() if p.is_dir()) == [sids[0], sids[2]]   # (subject folders since issue 12)
     assert all((tmp_path/'out'/sid/f'{sid}_t2.nii.gz').is_file() for sid in (sids[0], sids[2]))
     assert sids[1] in r.stderr and str(broken) in r.stderr, r.stderr        # the broken file, named whole
+    # issue 13: what was written is still listed (stdout), and the summary says what to do (stderr)
+    assert r.stdout.split() == [str(tmp_path/'out'/sid/f'{sid}_t2.nii.gz') for sid in (sids[0], sids[2])]
+    assert '1 of 3 subject(s) could not be translated' in r.stderr and '--exclude' in r.stderr
 
 
 def test_paths_and_values_the_system_or_the_model_refuse_are_clear_errors(p2p, tmp_path):
@@ -258,11 +256,15 @@ def test_the_input_layout_keeps_the_inputs_and_adds_the_new_modality(p2p, tmp_pa
     assert not (tmp_path/'h').exists() or not any((tmp_path/'h').rglob('*.nii.gz'))
 
 
-def test_a_model_with_several_inputs_translates_a_subject(tmp_path):
+@pytest.fixture(scope='module')
+def multi(tmp_path_factory):
+    "A tiny Pix2Pix run of two inputs, t1 + flair -> t2."
+    return trained_run(tmp_path_factory, 'multi', 'train', 'pix2pix', *TINY, '--sources', 't1', 'flair')
+
+
+def test_a_model_with_several_inputs_translates_a_subject(multi, tmp_path):
     # failed before issue 12: the output of a two-input model was un-padded with the input's channel count
-    r = brainkit('train', 'pix2pix', '--out', tmp_path/'multi', *TINY, '--sources', 't1', 'flair')
-    assert r.returncode == 0, r.stderr
-    r = brainkit('translate', '--checkpoint', tmp_path/'multi', '--input', samples_dir('brats')/SID, '--output', tmp_path/'o.nii.gz')
+    r = brainkit('translate', '--checkpoint', multi, '--input', samples_dir('brats')/SID, '--output', tmp_path/'o.nii.gz')
     assert r.returncode == 0, r.stderr
     check_in_input_space(tmp_path/'o.nii.gz', t1_of())
 
@@ -313,3 +315,39 @@ def test_a_fixed_scale_target_comes_back_on_the_targets_scale(tmp_path):
     raw, out = translate_volume(G, info, s, denormalize=False).data, translate_volume(G, info, s).data
     brain = brain_mask(s['t1'])
     np.testing.assert_allclose(out[brain], (raw[brain] + 1) / 2 * scale_t2, rtol=1e-5, atol=1e-3 * scale_t2)
+
+
+# ---------------------------------------------------------------- issue 13: plain folders, --modality, --exclude
+
+@pytest.fixture
+def plain(tmp_path):
+    "A plain folder of copies of the samples' T1 files, under their own names (dataset layout 'folder')."
+    d = tmp_path/'t1s'; d.mkdir()
+    for sid in ('BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002'): shutil.copy(t1_of(sid), d)
+    return d
+
+
+def test_a_plain_folder_takes_modality_and_exclude(p2p, plain, tmp_path):
+    ids = [f'BraTS2021_9000{i}_t1' for i in range(3)]                  # a plain folder's subjects: its files' names
+    r = brainkit('translate', '--checkpoint', p2p, '--input', plain, '--output', tmp_path/'a', '--modality', 't1',
+                 '--exclude', ids[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(tmp_path/'a'/i/f'{i}_t2.nii.gz') for i in (ids[0], ids[2])]
+    check_in_input_space(tmp_path/'a'/ids[0]/f'{ids[0]}_t2.nii.gz', plain/f'{ids[0]}.nii.gz')
+    r = brainkit('translate', '--checkpoint', p2p, '--input', plain, '--output', tmp_path/'b', '--modality', 't2')
+    assert r.returncode == 1 and 'given as t2' in r.stderr and 'the model reads t1' in r.stderr and '--modality t1' in r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path/'b').exists()
+    # the library takes the same, and a whole dataset can leave subjects out too
+    written = translate_path(p2p, samples_dir('brats'), tmp_path/'c', device='cpu', progress=False,
+                             exclude=['BraTS2021_90000', 'BraTS2021_90001'])
+    assert len(written) == 6 and not (tmp_path/'c'/'BraTS2021_90000').exists()
+    with pytest.raises(Exception, match='given as t2'):
+        translate_path(p2p, t1_of(), tmp_path/'d.nii.gz', device='cpu', progress=False, modality='t2')
+
+
+def test_a_plain_folder_and_a_model_of_several_inputs_is_refused_with_the_fix(multi, plain, tmp_path):
+    r = brainkit('translate', '--checkpoint', multi, '--input', plain, '--output', tmp_path/'o', '--modality', 't1')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert str(plain) in r.stderr and 't1 + flair' in r.stderr
+    assert 'one file per modality' in r.stderr and '--modality cannot help' in r.stderr
+    assert not (tmp_path/'o').exists()
