@@ -142,7 +142,10 @@ def split_dataset(data:str|Path|None, # a dataset folder (None: the samples name
         parts = {p: [i for i in m if i not in set(exclude)] for p, m in parts.items()}
     else: parts = split_subjects([s.id for s in ds], fractions, seed, None, allow_unknown)
     subsets = [[s for s in ds if s.id in set(parts.get(p, []))] for p in ('train', 'val', 'test')]
-    if not subsets[0]: raise BrainkitError(ds.root, "the split leaves no training subject", "use more subjects or a larger train fraction")
+    if not subsets[0]:
+        raise BrainkitError(ds.root, "the split leaves no training subject", "name some of this dataset's subjects under "
+                            f"'train' in {split_file} (--split-file)" if split_file is not None and stored is None else
+                            "use more subjects or a larger train fraction (--split, split=)")
     return ds, subsets, parts
 
 def split_record(ds, # the dataset that was split

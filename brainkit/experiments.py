@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .io import BrainkitError, atomic_write_bytes
+from .io import BrainkitError, atomic_write_bytes, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +178,6 @@ def _read_json(path:Path) -> dict|None:
     except (OSError, ValueError): return None
     return d if isinstance(d, dict) else None
 
-def _pid_alive(pid:int, # a process id of this machine
-               since:str|None=None, # when the process recorded itself (ISO time): a later-started one only reuses its id
-              ) -> bool:
-    "Whether process `pid` still runs (an ended one awaiting its parent does not, nor a newer process given the same id)."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass                                      # another user's process: it exists
-    try:
-        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-        boot = next(float(l.split()[1]) for l in Path('/proc/stat').read_text().splitlines() if l.startswith('btime'))
-    except (OSError, StopIteration, IndexError): return True          # no /proc (macOS): os.kill says it exists
-    if fields[0] == 'Z': return False                                 # a zombie: ended
-    if since is None: return True
-    started = boot + int(fields[19]) / os.sysconf('SC_CLK_TCK')
-    return started <= datetime.fromisoformat(since).timestamp() + 2   # (whole seconds on both sides)
-
 def run_status(folder:str|Path) -> dict:
     "A run folder's `run.json`: {'status': 'running'|'done'|'failed'|'interrupted', ...}, or {'status': 'not run'}."
     st = _read_json(Path(folder)/'run.json') or {'status': 'not run'}
@@ -201,7 +185,7 @@ def run_status(folder:str|Path) -> dict:
     here = socket.gethostname()
     if st.get('host', here) != here:
         return {**st, 'note': f"running on {st['host']} as process {st['pid']}: whether it still runs can only be seen there"}
-    if _pid_alive(st['pid'], st.get('started')): return {**st, 'note': f"running as process {st['pid']} on this machine"}
+    if pid_alive(st['pid'], st.get('started')): return {**st, 'note': f"running as process {st['pid']} on this machine"}
     return {**st, 'status': 'interrupted', 'recorded': 'running',
             'error': f"the process {st['pid']} ended without recording a result (it was killed, or the machine stopped): "
                      "rerun the sweep to redo it"}

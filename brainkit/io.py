@@ -35,9 +35,9 @@ __all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'GZIP_MAGIC', 'GZI
            'LabelValueError', 'DatasetLayoutError', 'BrokenLinkError', 'DatasetScanError', 'WriteError', 'human_bytes',
            'orientation', 'canonical', 'decanonical', 'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti',
            'label_regions', 'regions_to_labels', 'load_volume', 'temp_path', 'write_error', 'atomic_write_bytes',
-           'nifti_bytes', 'remove_stale_temps', 'file_sha256', 'to_image', 'save_volume', 'make_volume', 'plane_axis',
-           'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'write_dataset_file', 'declared_layout',
-           'detect_layout', 'discover', 'MRIDataset', 'open_dataset', 'samples_dir']
+           'nifti_bytes', 'pid_alive', 'remove_stale_temps', 'file_sha256', 'to_image', 'save_volume', 'make_volume',
+           'plane_axis', 'take_slice', 'Layout', 'find_file', 'Subject', 'check_same_grid', 'write_dataset_file',
+           'declared_layout', 'detect_layout', 'discover', 'MRIDataset', 'open_dataset', 'samples_dir']
 
 # %% ../nbs/00_io.ipynb #10cabc3b
 class BrainkitError(Exception):
@@ -463,19 +463,28 @@ STALE_TEMP_AGE_S = 3600  # an old-style temporary file (no writer recorded) olde
 _TEMP_RE = re.compile(r'\.(?P<stem>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp')  # stem: the name, a dot and the host
 _OLD_TEMP_RE = re.compile(r'\..+\.(?:[0-9a-f]{8}|[0-9a-f]{12})\.tmp')
 
-def _pid_alive(pid:int) -> bool:
-    "Whether process `pid` runs on this host (a process of another user counts as running)."
+def pid_alive(pid:int, # a process id of this machine
+              since:str|None=None, # when the process recorded itself (ISO time): a later-started one only reuses its id
+             ) -> bool:
+    "Whether process `pid` still runs (an ended one awaiting its parent does not, nor a newer process given the same id)."
     if pid == os.getpid(): return True
     try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except OverflowError: return False  # no such pid can exist
-    except OSError: return True         # not ours to signal (PermissionError): alive
-    return True
+    except (ProcessLookupError, OverflowError): return False          # gone, or no such pid can exist
+    except OSError: pass                                              # another user's process (PermissionError): it exists
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+        boot = next(float(l.split()[1]) for l in Path('/proc/stat').read_text().splitlines() if l.startswith('btime'))
+    except (OSError, StopIteration, IndexError): return True          # no /proc (macOS): os.kill says it exists
+    if fields[0] == 'Z': return False                                 # a zombie: ended
+    if since is None: return True
+    from datetime import datetime
+    started = boot + int(fields[19]) / os.sysconf('SC_CLK_TCK')
+    return started <= datetime.fromisoformat(since).timestamp() + 2   # (whole seconds on both sides)
 
 def _is_stale_temp(name:str, mtime:float, host:str, now:float) -> bool:
     "Whether a file called `name`, last modified at `mtime`, is a temporary file whose writer is gone."
     if m := _TEMP_RE.fullmatch(name):
-        return m['stem'].endswith('.' + host) and not _pid_alive(int(m['pid']))
+        return m['stem'].endswith('.' + host) and not pid_alive(int(m['pid']))
     return bool(_OLD_TEMP_RE.fullmatch(name)) and now - mtime > STALE_TEMP_AGE_S
 
 def remove_stale_temps(folder:str|Path, # where to look

@@ -246,3 +246,34 @@ def test_a_read_only_or_full_out_folder_is_named(tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         with T.run_lock(tmp_path/'run'): pass
     assert str(tmp_path/'run') in str(e.value) and 'space' in str(e.value)
+
+
+# --- the fixes the messages offer work from the command line -------------------------------------------------------
+
+def test_segment_train_excludes_a_broken_subject_from_the_command_line(tmp_path):
+    data = copy_subjects(tmp_path/'BraTS2021', [f'BraTS2021_9000{i}' for i in range(4)])
+    (data/'BraTS2021_90002'/'BraTS2021_90002_t1ce.nii.gz').unlink()
+    args = ['segment', 'train', '--data', data, '--epochs', 1, '--epochs-decay', 0, *TINY]
+    r = brainkit(*args, '--out', tmp_path/'a')
+    assert r.returncode != 0 and 'BraTS2021_90002_t1ce.nii.gz' in r.stderr and '--exclude' in r.stderr, r.stderr
+    r = brainkit(*args, '--out', tmp_path/'b', '--exclude', 'BraTS2021_90002')
+    assert r.returncode == 0, r.stderr
+    split = torch.load(tmp_path/'b'/'checkpoint.pt', weights_only=True)['meta']['split']
+    assert 'BraTS2021_90002' not in sum(split.values(), [])
+
+
+def test_train_cyclegan_takes_one_split_file_for_both_domains(tmp_path):
+    hcp = sorted(p.name for p in samples_dir('hcp').iterdir() if p.is_dir())
+    brats = sorted(p.name for p in samples_dir('brats').iterdir() if p.is_dir())
+    sf = tmp_path/'split.json'
+    sf.write_text(json.dumps({'train': hcp[:3] + brats[:4], 'val': hcp[3:4] + brats[4:5], 'test': []}))
+    r = brainkit('train', 'cyclegan', '--out', tmp_path/'run', '--split-file', sf, '--epochs', 1, '--epochs-decay', 0,
+                 '--size', 32, '--spacing', 4.8, '--ngf', 4, '--ndf', 4, '--batch-size', 8, '--sample-every', 0)
+    assert r.returncode == 0, r.stderr
+    split = torch.load(tmp_path/'run'/'checkpoint.pt', weights_only=True)['meta']['split']
+    assert split['A'] == {'train': hcp[:3], 'val': hcp[3:4], 'test': []}
+    assert split['B'] == {'train': brats[:4], 'val': brats[4:5], 'test': []}
+    only_a = tmp_path/'only_a.json'
+    only_a.write_text(json.dumps({'train': hcp[:3], 'val': hcp[3:4]}))
+    r = brainkit('train', 'cyclegan', '--out', tmp_path/'run2', '--split-file', only_a, '--epochs', 1, '--epochs-decay', 0)
+    assert r.returncode != 0 and 'no training subject' in r.stderr and str(only_a) in r.stderr, r.stderr
