@@ -18,6 +18,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 # with the CPU torch that constraints.txt gives on CPU machines. brainkit.metrics then registers placeholder op
 # schemas (FID uses none of the ops) when this documented switch is on; with a matching torchvision it does nothing.
 export BRAINKIT_TORCHVISION_PLACEHOLDER ?= 1
+# OpenMP threads that spin-wait slow torch ~5x when other processes share the cores (bench/README.md, learning curves);
+# passive waiting costs nothing when they do not
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test venv export outputs lessons bench help
 .DEFAULT_GOAL := help

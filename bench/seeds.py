@@ -86,6 +86,12 @@ SPECS: dict[str, dict] = {
             Check('chance (tumour fraction of the brain)', 'chance', None),
             Check('TC Dice', "metrics['val_dice']['TC']", None),
             Check('ET Dice', "metrics['val_dice']['ET']", None),
+            Check('threshold floor WT Dice > 2 x chance', "table['threshold floor']['WT']", '>', '2 * chance',
+                  "assert table['threshold floor']['WT'] > 2 * chance"),
+            Check('WT Dice minus threshold floor', "metrics['val_dice']['WT'] - table['threshold floor']['WT']", '>', 0,
+                  "assert metrics['val_dice']['WT'] > table['threshold floor']['WT']"),
+            Check('TC Dice minus threshold floor', "metrics['val_dice']['TC'] - table['threshold floor']['TC']", None),
+            Check('ET Dice minus threshold floor', "metrics['val_dice']['ET'] - table['threshold floor']['ET']", None),
         ]},
     '08_gan': {
         'path': 'nbs/08_gan.ipynb', 'seed': 'SEED',
@@ -132,6 +138,12 @@ SPECS['09_pix2pix'] = {'path': 'nbs/09_pix2pix.ipynb', 'seed': 'seed', 'checks':
           "model[sid]['ssim'] > base[sid]['ssim']"),
     Check('held out: min PSNR gain over doing nothing', "min(model[s]['psnr'] - base[s]['psnr'] for s in model)", '>', 0,
           "model[sid]['psnr'] > base[sid]['psnr']"),
+    Check('protocol: pix2pix minus none, SSIM', "protocol['pix2pix']['ssim'] - protocol['none']['ssim']", '>', 0,
+          "assert protocol['pix2pix']['ssim'] > protocol['none']['ssim']"),
+    Check('protocol: none minus pix2pix, MAE', "protocol['none']['mae'] - protocol['pix2pix']['mae']", '>', 0,
+          "protocol['pix2pix']['mae'] < protocol['none']['mae']"),
+    Check('protocol: pix2pix minus lookup, SSIM', "protocol['pix2pix']['ssim'] - protocol['lookup']['ssim']", None),
+    Check('protocol: lookup minus pix2pix, MAE', "protocol['lookup']['mae'] - protocol['pix2pix']['mae']", None),
     Check('held out: mean SSIM', "metrics['val']['ssim']", None),
     Check('held out: mean MAE', "metrics['val']['mae']", None)]}
 
@@ -143,7 +155,9 @@ SPECS['10_cyclegan'] = {'path': 'nbs/10_cyclegan.ipynb', 'seed': 'seed', 'checks
     Check('position_range minus random: oracle MAE', "runs['position_range']['oracle']['mae'] - runs['random']['oracle']['mae']", None),
     *[Check(f'{p}: oracle psnr minus doing nothing', f"(runs['{p}']['oracle']['psnr'] - baseline['psnr'])", None)
       for p in ('random', 'position_range')],
-    *[Check(f'{p}: epoch of the lowest oracle MAE', f"best_epoch['{p}']", None) for p in ('random', 'position_range')]]}
+    *[Check(f'{p}: epoch of the lowest oracle MAE', f"best_epoch['{p}']", None) for p in ('random', 'position_range')],
+    *[Check(f'protocol: cyclegan {p} minus {b}, {k}', f"protocol['cyclegan, {p}']['{k}'] - protocol['{b}']['{k}']", None)
+      for p in ('random', 'position_range') for b in ('none', 'histmatch') for k in ('ssim', 'mae')]]}
 
 # Another CPU's kernels, or another thread count, round differently: the same seed is then another sample of a GAN's
 # game. The same notebook on two threads shows how far a verdict survives that (run it with --workers 1).
@@ -164,7 +178,7 @@ SPECS['12_metrics'] = {'path': 'nbs/12_metrics.ipynb', 'seed': 'seed', 'checks':
     Check('consistency: min anisotropy excess over subjects', "min(c['anisotropy_excess'] for c in cons.values())", None),
     Check('consistency: max anisotropy excess over subjects', "max(c['anisotropy_excess'] for c in cons.values())", None)]}
 
-for _model in ('pix2pix', 'cyclegan'):   # the main job's two trained rows (13_compare; `none` has no seed to vary)
+for _model in ('pix2pix', 'cyclegan'):   # the main job's two trained rows (13_compare; the baselines have no seed to vary)
     SPECS[f'13_compare:{_model}'] = {'path': 'nbs/13_compare.ipynb', 'seed': 'seed', 'params': {'model': _model, 'fid_weights': 'none'},
                                      'checks': [Check(f'oracle {k} (mean over held-out)', f"np.mean([p['{k}'] for p in paired.values()])", None)
                                                 for k in ('ssim', 'psnr', 'mae')]

@@ -339,6 +339,17 @@ def _train(args) -> int:
     print(f"run folder: {out}  ({', '.join(made)})")
     return 0
 
+def _baseline(args) -> int:
+    from brainkit.baselines import BaselineConfig, fit_baseline_run
+    try: cfg = _config_from(args, BaselineConfig)
+    except ValueError as e: raise BrainkitError(None, str(e), f"see `brainkit baseline {args.name} --help`") from None
+    m = fit_baseline_run(args.name, cfg, args.out)
+    print(f"fitted {args.name} ({m['source']} -> {m['target']}) on {m['train_subjects']} training subject(s)")
+    if m['val']: print("val (held-out subjects): " + '  '.join(f"{k} {v:.3f}" for k, v in m['val'].items()))
+    print(f"run folder: {Path(args.out).resolve()}  (baseline.json, metrics.json); translate with it: "
+          f"brainkit translate --checkpoint {args.out} --input ... --output ...")
+    return 0
+
 def _translate(args) -> int:
     from brainkit.translate import translate_path
     try: written = translate_path(args.checkpoint, args.input, args.output, args.direction, args.plane, args.batch_size,
@@ -354,7 +365,10 @@ def _translate(args) -> int:
 def _print_results(res) -> int:
     "Print a results table, and on stderr the runs that did not finish, one per line with their error; exit code 1 if any."
     print(res.markdown(failures=False))
-    print(f"\nresults.csv, results.md and results.png are in {res.folder}/")
+    if 'seed' in res.params:
+        from brainkit.experiments import summary_markdown
+        print(f"\nmean ± sd over seeds (n: finished runs):\n\n{summary_markdown(res)}")
+    print(f"\nresults.csv, results.md{', summary.md' if 'seed' in res.params else ''} and results.png are in {res.folder}/")
     bad = res.failed()
     for r in bad:
         why = r.get('error') or ('not started' if r['status'] == 'not run' else 'no error recorded')
@@ -469,8 +483,15 @@ def _translation_commands(sub):
     ss = s.add_subparsers(dest='model', required=True, metavar='MODEL')
     for name, cls in translators().items():
         _train_parser(ss, name, getattr(cls, 'description', (cls.__doc__ or name).splitlines()[0]), cls.Config, _train)
-    s = sub.add_parser('translate', help="translate NIfTI volumes with a trained generator, written in the input's space")
-    s.add_argument('--checkpoint', required=True, help="a translation run's checkpoint.pt (or its folder)")
+    from brainkit.baselines import BASELINES, BaselineConfig
+    s = sub.add_parser('baseline', help="fit a classical translator (" + ', '.join(BASELINES) + ") into --out, for translate")
+    ss = s.add_subparsers(dest='name', required=True, metavar='NAME')
+    for name in BASELINES:
+        t = ss.add_parser(name, help=f"fit the {name} baseline on a paired dataset's training subjects")
+        t.add_argument('--out', required=True, help='run folder: baseline.json (use it as translate --checkpoint) and metrics.json')
+        add_config_arguments(t, BaselineConfig); t.set_defaults(func=_baseline)
+    s = sub.add_parser('translate', help="translate NIfTI volumes with a trained generator or a baseline, written in the input's space")
+    s.add_argument('--checkpoint', required=True, help="a translation run's checkpoint.pt (or its folder), or a baseline's folder (brainkit baseline)")
     s.add_argument('--input', required=True, help='a NIfTI file, a subject folder, or a dataset folder')
     s.add_argument('--output', required=True, help='a .nii.gz file (one volume or subject) or a folder (a dataset)')
     s.add_argument('--direction', default='AtoB', help="which generator, as the checkpoint names it (default AtoB; CycleGAN also has BtoA)")

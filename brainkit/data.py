@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'PAIRINGS', 'SplitError', 'split_subjects', 'subject_fingerprint', 'split_dataset', 'split_record',
            'fit_normalizers', 'CacheError', 'default_cache_dir', 'Prep', 'prepare_slices', 'entry_problem',
            'read_slice', 'SliceCache', 'SliceReader', 'Slicing', 'Entry', 'SliceSet', 'Augment', 'item_rng', 'lr_axis',
-           'PairedSlices', 'UnpairedSlices', 'VolumeSet', 'make_loader']
+           'PairedSlices', 'UnpairedSlices', 'position_counts', 'Coverage', 'tumour_free_coverage', 'VolumeSet',
+           'make_loader']
 
 # %% ../nbs/05_data.ipynb #cf274a74
 class SplitError(BrainkitError):
@@ -665,6 +666,48 @@ class UnpairedSlices(Dataset):
         return {'A': torch.from_numpy(a), 'B': torch.from_numpy(b), 'A_subject': self.A.subjects[ka].id, 'A_slice': int(ia),
                 'B_subject': self.B.subjects[kb].id, 'B_slice': int(ib),
                 'A_position': float(self.A.position[ja]), 'B_position': float(self.B.position[jb])}
+
+# %% ../nbs/05_data.ipynb #4702d35c
+def position_counts(s:SliceSet, bins:int=20) -> np.ndarray:
+    "(subjects, bins): how many of each subject's selected slices in `s` fall in each bin of relative position."
+    out = np.zeros((len(s.subjects), bins), int)
+    np.add.at(out, (s.index[:, 0], np.minimum((s.position * bins).astype(int), bins - 1)), 1)
+    return out
+
+class Coverage(NamedTuple):
+    "Tumour-free slices per subject and relative-position bin, beside the slices with enough brain."
+    ids: list # subject ids, one per row
+    free: np.ndarray # (subjects, bins) tumour-free slices
+    brain: np.ndarray # (subjects, bins) slices with enough brain (slices='all')
+    @property
+    def per_bin(self) -> np.ndarray:
+        "How many subjects have a tumour-free slice in each bin."
+        return (self.free > 0).sum(0)
+    def needed(self, k:int=3) -> np.ndarray:
+        "The bins where at least `k` subjects have slices with enough brain (elsewhere k subjects cannot be tumour-free)."
+        return (self.brain > 0).sum(0) >= k
+    def fewest(self, k:int=3) -> int:
+        "The fewest subjects with tumour-free slices in any bin where `k` subjects have slices with enough brain."
+        need = self.needed(k)
+        return int(self.per_bin[need].min()) if need.any() else 0
+
+def tumour_free_coverage(subjects:Sequence[Subject], # subjects with a 'seg'
+                         slicing:Slicing|None=None, *, # how slices are cut (default: the native grid)
+                         bins:int=20, # bins of relative position over [0, 1]
+                         margin:int=0, # as SliceSet's: also drop slices this close to a tumour
+                         modality:str='t1', # the image whose brain defines the extent
+                         cache:SliceCache|None=None, **slicing_fields) -> Coverage:
+    "Per subject and bin of relative position: its tumour-free slices (as CycleGAN's domain B selects them) and its slices with brain."
+    sl = Slicing.of(slicing, **slicing_fields)
+    every = SliceSet(subjects, [modality], sl, cache=cache, progress=False)
+    ids = [s.id for s in every.subjects]
+    free = np.zeros((len(ids), bins), int)
+    try: f = SliceSet(subjects, [modality], sl, slices='tumour_free', margin=margin, cache=cache, progress=False)
+    except NoTumourFreeSlicesError: return Coverage(ids, free, position_counts(every, bins))
+    rows = {s.id: r for r, s in enumerate(f.subjects)}
+    for k, sid in enumerate(ids):
+        if sid in rows: free[k] = position_counts(f, bins)[rows[sid]]
+    return Coverage(ids, free, position_counts(every, bins))
 
 # %% ../nbs/05_data.ipynb #d46aec07
 class VolumeSet(Dataset):

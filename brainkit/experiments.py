@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'TRACEBACK_LINES', 'ParameterError', 'SweepError', 'RunError', 'Parameter', 'notebook_parameters',
            'check_parameters', 'run_name', 'run_status', 'kernel_threads', 'run_notebook', 'Sweep', 'sweep_from_dict',
-           'load_sweep', 'run_sweep', 'flatten', 'Results', 'collect_results', 'results_figure']
+           'load_sweep', 'run_sweep', 'flatten', 'Results', 'seed_summary', 'summary_markdown', 'collect_results',
+           'results_figure']
 
 # %% ../nbs/13_experiments.ipynb #21b961dd
 class ParameterError(BrainkitError):
@@ -577,6 +578,42 @@ class Results:
                                         else _text(r.get(c)) for c in self.columns + ['error']])
         return buf.getvalue()
 
+# %% ../nbs/13_experiments.ipynb #1a71d2b8
+def seed_summary(res:Results, # a results table
+                 over:str|list[str]='seed', # the parameter(s) whose runs are pooled
+                ) -> list[dict]:
+    "Finished runs grouped by every parameter but `over`: each group's parameters, `n`, and each metric's (mean, sd) or None."
+    over = [over] if isinstance(over, str) else list(over)
+    keys = [p for p in res.params if p not in over]
+    groups = {}
+    for r in res.rows:
+        if r['status'] == 'done': groups.setdefault(tuple(_text(r.get(k)) for k in keys), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = {**{k: rs[0].get(k) for k in keys}, 'n': len(rs)}
+        for c in ('seconds', *res.metrics):
+            v = [float(r[c]) for r in rs if _number(r.get(c))]
+            m = sum(v) / len(v) if v else None
+            row[c] = (m, (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None) if v else None
+        out.append(row)
+    return out
+
+def _pm(v) -> str:
+    "A (mean, sd) pair as 'mean ± sd' (a bare mean without sd; empty for None)."
+    if v is None: return ''
+    return _cell(v[0]) if v[1] is None else f'{_cell(v[0])} ± {v[1]:.2g}'
+
+def summary_markdown(res:Results, over:str|list[str]='seed') -> str:
+    "`seed_summary` as a Markdown table: mean ± sd over the pooled runs, and n."
+    rows = seed_summary(res, over)
+    if not rows: return '(no finished runs)'
+    keys = [k for k in rows[0] if k not in ('n', 'seconds', *res.metrics)]
+    cols = [*keys, 'n', 'seconds', *res.metrics]
+    lines = ['| ' + ' | '.join(c.replace('|', '\\|') for c in cols) + ' |', '|' + '|'.join('---' if c in keys else '---:' for c in cols) + '|']
+    lines += ['| ' + ' | '.join(_cell(r[c], param=True) if c in keys else str(r[c]) if c == 'n' else _pm(r[c]) for c in cols) + ' |'
+              for r in rows]
+    return '\n'.join(lines)
+
 # %% ../nbs/13_experiments.ipynb #74f31cae
 def _metric_columns(found:list[str], rows:list[dict], patterns:list[str]|None) -> list[str]:
     "The metric columns: those matching `patterns` in their order, or every numeric one outside config.*."
@@ -610,7 +647,7 @@ def collect_results(folder:str|Path, # a sweep's folder (or a folder of run fold
                     figure:list[str]|None=None, # metrics to plot (None: the sweep's `figure`, else the first four columns)
                     write:bool=True, # write results.csv, results.md and results.png into `folder`
                    ) -> Results:
-    "Collect every run's parameters, status, time and metrics from the run folders in `folder` into one table."
+    "Collect every run's parameters, status, time and metrics into one table (and, when seeds vary, `summary.md`: mean ± sd)."
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise BrainkitError(folder, "no such folder", "give a sweep's folder: its `out` (by default runs/sweeps/<sweep file name>)")
@@ -638,6 +675,7 @@ def collect_results(folder:str|Path, # a sweep's folder (or a folder of run fold
     if write:
         atomic_write_bytes(folder/'results.csv', res.csv().encode())
         atomic_write_bytes(folder/'results.md', (res.markdown() + '\n').encode())
+        if 'seed' in res.params: atomic_write_bytes(folder/'summary.md', (summary_markdown(res) + '\n').encode())
         buf = io.BytesIO(); results_figure(res).savefig(buf, format='png', dpi=100)
         atomic_write_bytes(folder/'results.png', buf.getvalue())
     return res
@@ -646,11 +684,12 @@ def collect_results(folder:str|Path, # a sweep's folder (or a folder of run fold
 def results_figure(res:Results, # a results table
                    metrics:list[str]|None=None, # the metrics to plot (None: res.figure, else its first four)
                   ):
-    "A bar panel per metric, a bar per run; runs without a number (failed, not run) are marked, never drawn as 0."
+    "A bar panel per metric, a bar per run (or, when seeds vary, per group: mean ± sd, a dot per seed); runs without a number are marked."
     from matplotlib.figure import Figure
     pats = metrics if metrics is not None else res.figure
     cols = _metric_columns(res.metrics, res.rows, pats) if pats else res.metrics[:4]
     cols = [c for c in cols if any(_number(r.get(c)) for r in res.rows)] or ['seconds']
+    if 'seed' in res.params: return _seed_figure(res, cols)
     n, k = len(res.rows), len(cols)
     ncol = min(k, 3); nrow = -(-k // ncol)
     fig = Figure(figsize=(ncol * max(3.0, 0.5 * n + 1.5), nrow * 3.3), layout='constrained')
@@ -666,4 +705,31 @@ def results_figure(res:Results, # a results table
         ax.set_xlim(-0.6, n - 0.4); ax.set_title(c, fontsize=9); ax.margins(y=0.15)
     for ax in axes[k:]: ax.set_visible(False)
     fig.suptitle(f'{res.folder.name}: {n} runs', fontsize=10)
+    return fig
+
+# %% ../nbs/13_experiments.ipynb #0b4a25aa
+def _seed_figure(res:Results, cols:list[str]):
+    "The results figure of a sweep over seeds: per group a bar at the mean, an error bar of one sd, a dot per seed."
+    from matplotlib.figure import Figure
+    keys = [p for p in res.params if p != 'seed']
+    groups = {}
+    for r in res.rows: groups.setdefault(tuple(_text(r.get(k)) for k in keys), []).append(r)
+    names = [','.join(g) or 'all' for g in groups]
+    n, k = len(groups), len(cols)
+    ncol = min(k, 3); nrow = -(-k // ncol)
+    fig = Figure(figsize=(ncol * max(3.0, 0.5 * n + 1.5), nrow * 3.3), layout='constrained')
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, c in zip(axes, cols):
+        for i, rs in enumerate(groups.values()):
+            v = [r[c] for r in rs if r['status'] == 'done' and _number(r.get(c))]
+            if not v:
+                ax.text(i, 0, ' n/a', rotation=90, ha='center', va='bottom', color='C3', fontsize=8); continue
+            m = sum(v) / len(v); sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0
+            ax.bar(i, m, color='C0', alpha=0.6, yerr=sd if len(v) > 1 else None, capsize=3)
+            ax.plot([i] * len(v), v, 'k.', ms=4)
+            ax.text(i, m, f' {m:.3g}\n n={len(v)}', ha='center', va='bottom', fontsize=6)
+        ax.set_xticks(range(n), names, rotation=30, ha='right', fontsize=7)
+        ax.set_xlim(-0.6, n - 0.4); ax.set_title(c, fontsize=9); ax.margins(y=0.2)
+    for ax in axes[k:]: ax.set_visible(False)
+    fig.suptitle(f'{res.folder.name}: {len(res.rows)} runs, mean ± sd over seeds (dots: seeds)', fontsize=10)
     return fig

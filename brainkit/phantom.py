@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from concurrent.futures import ProcessPoolExecutor
 from functools import cached_property, lru_cache
 from pathlib import Path
+from statistics import NormalDist
 from collections.abc import Mapping
 
 import nibabel as nib
@@ -24,12 +25,13 @@ import numpy as np
 from .io import BrainkitError, atomic_write_bytes, nifti_bytes
 
 # %% auto #0
-__all__ = ['TISSUES', 'CLASSES', 'R1_GD', 'SITES', 'ASSETS', 'TEMPLATE_FILE', 'TEMPLATE_CENTER', 'TUMOUR_TYPES', 'SEED', 'COUNTS',
-           'PHANTOM_VERSION', 'GENERATOR', 'Tissue', 't1_after_contrast', 'spin_echo', 'inversion_recovery',
-           'spoiled_gre', 'mprage', 'diffusion', 'null_ti', 'Sequence', 'signal', 'tissue_signals', 'Site',
-           'build_tissue_template', 'Template', 'default_template', 'smooth_field', 'gaussian_blur', 'trilinear',
-           'rotation', 'grid_world', 'Anatomy', 'make_anatomy', 'reference_signal', 'render', 'scan_subject',
-           'subject_id', 'subject_rng', 'sample_files', 'is_samples_folder', 'generate_samples', 'verify_samples']
+__all__ = ['TISSUES', 'CLASSES', 'R1_GD', 'SITES', 'ASSETS', 'TEMPLATE_FILE', 'TEMPLATE_CENTER', 'TUMOUR_TYPES', 'WT_MEDIAN',
+           'WT_LOG_SD', 'WT_RANGE', 'R_ED_60', 'SEED', 'COUNTS', 'PHANTOM_VERSION', 'GENERATOR', 'Tissue',
+           't1_after_contrast', 'spin_echo', 'inversion_recovery', 'spoiled_gre', 'mprage', 'diffusion', 'null_ti',
+           'Sequence', 'signal', 'tissue_signals', 'Site', 'build_tissue_template', 'Template', 'default_template',
+           'smooth_field', 'gaussian_blur', 'trilinear', 'rotation', 'grid_world', 'Anatomy', 'tumour_quantiles',
+           'wt_volume', 'make_anatomy', 'reference_signal', 'render', 'scan_subject', 'subject_id', 'subject_rng',
+           'sample_files', 'is_samples_folder', 'generate_samples', 'verify_samples']
 
 # %% ../nbs/01_phantom.ipynb #8399f9dc
 @dataclass(frozen=True)
@@ -153,8 +155,8 @@ def _flair(tr:float, te:float) -> Sequence: return Sequence('ir', tr=tr, ti=roun
 
 SITES = {
     'brats': Site('brats', {
-        't1':    Sequence('se', tr=500, te=12),
-        't1ce':  Sequence('se', tr=500, te=12, contrast=True),
+        't1':    Sequence('se', tr=500, te=12),                                         # 2D spin echo
+        't1ce':  Sequence('mprage', tr=2000, ti=900, te=3, flip=9, contrast=True),   # 3D post-contrast gradient echo
         't2':    Sequence('se', tr=5000, te=100),
         'flair': _flair(9000, 120)},
         spacing=2.4, shape=(96, 96, 64), axcodes='LPS', center=(-114., 114., 76.),
@@ -245,11 +247,13 @@ class Template:
 
     @cached_property
     def tumour_sites(self) -> np.ndarray:
-        "MNI positions (N, 3) deep in the cerebral hemispheres where a tumour may be centred."
+        "MNI positions (N, 3) deep in the cerebral hemispheres where a tumour may be centred, sorted by height (z)."
         brain = gaussian_blur(self.maps[..., 1] + self.maps[..., 2], 6)
         idx = np.argwhere(brain > 0.93)
         mm = idx @ self.affine[:3, :3].T + self.affine[:3, 3]
-        return mm[mm[:, 2] > 0]  # supratentorial
+        x, y, z = mm.T
+        mm = mm[(z > 0) | ((z > -25) & (y > -40) & (np.abs(x) > 20))]   # supratentorial: above the AC, or a temporal lobe
+        return mm[np.argsort(mm[:, 2], kind='stable')]
 
     def sample(self, mm:np.ndarray) -> np.ndarray:
         "The fractions (3, ...) at MNI positions `mm` (3, ...), trilinear, 0 outside."
@@ -336,16 +340,37 @@ class Anatomy:
 
 # %% ../nbs/01_phantom.ipynb #ab560e94
 TUMOUR_TYPES = ('necrotic', 'solid', 'necrotic', 'non-enhancing', 'necrotic', 'small', 'solid', 'necrotic')
+WT_MEDIAN, WT_LOG_SD, WT_RANGE = 60.0, 0.7, (5.0, 250.0)  # whole-tumour volume, ml: log-normal median, log-sd, clip range
+R_ED_60 = 20.5  # edema radius (mm) of a 60 ml whole tumour; WT grows as r_ed^3 (measured: 1.65x the sphere of radius r_ed)
 
-def _tumour(rng, kind:str, tpl:Template, to_world) -> dict:
-    "Random geometry of a tumour of `kind`, centred in the subject's world space."
-    sites = tpl.tumour_sites
-    centre = to_world(sites[rng.integers(len(sites))])
-    r_ed = rng.uniform(8, 12) if kind == 'small' else rng.uniform(20, 32)
+def _radical_inverse(n:int, base:int) -> float:
+    "The van der Corput radical inverse of `n`: its digits in `base`, mirrored behind the point."
+    q, d = 0.0, 1.0
+    while n: n, r = divmod(n, base); d /= base; q += r * d
+    return q
+
+def tumour_quantiles(i:int) -> tuple[float, float]:
+    "The (height, volume) quantiles of sample subject `i`'s tumour: point i+1 of the Halton sequence in bases 5 and 3."
+    return _radical_inverse(i + 1, 5), _radical_inverse(i + 1, 3)
+
+def wt_volume(q:float) -> float:
+    "The whole-tumour volume (ml) at quantile `q` of the phantom's log-normal distribution (clipped to `WT_RANGE`)."
+    z = NormalDist().inv_cdf(min(max(q, 1e-6), 1 - 1e-6))
+    return float(np.clip(WT_MEDIAN * math.exp(WT_LOG_SD * z), *WT_RANGE))
+
+def _tumour(rng, kind:str, tpl:Template, to_world, quantiles:tuple[float, float]|None=None) -> dict:
+    "Random geometry of a tumour of `kind`, centred in the subject's world space; `quantiles` fix its height and volume."
+    sites = tpl.tumour_sites                                    # sorted by height
+    q_h, q_v = quantiles if quantiles is not None else rng.uniform(0, 1, 2)
+    if kind == 'small': q_v = 0.1 * q_v                         # the lowest tenth of the volumes
+    z = sites[0, 2] + q_h * (sites[-1, 2] - sites[0, 2])        # uniform over the hemispheres' height
+    k, w = int(np.searchsorted(sites[:, 2], z)), len(sites) // 100   # any of the 2% of sites nearest that height
+    centre = to_world(sites[rng.integers(max(k - w, 0), min(k + w + 1, len(sites)))])
+    r_ed = R_ED_60 * (wt_volume(q_v) / 60) ** (1 / 3)
     r_core = r_ed * rng.uniform(0.45, 0.7)
     r_nec = r_core * rng.uniform(0.45, 0.75) if kind == 'necrotic' else 0.
     rot = rotation(rng.uniform(-90, 90, 3))
-    return dict(kind=kind, centre=centre, r_ed=r_ed, r_core=r_core, r_nec=r_nec,
+    return dict(kind=kind, centre=centre, r_ed=r_ed, r_core=r_core, r_nec=r_nec, wt_ml=wt_volume(q_v),
                 metric=rot @ np.diag(1 / rng.uniform(0.8, 1.25, 3)) @ rot.T, push=rng.uniform(0.3, 0.6))
 
 # %% ../nbs/01_phantom.ipynb #fdd5583c
@@ -409,6 +434,7 @@ def make_anatomy(rng:np.random.Generator, # the subject's random generator
                  site:Site, # whose grid to sample on
                  tpl:Template, # tissue template
                  tumour:str|None=None, # one of TUMOUR_TYPES, or None for a healthy brain
+                 quantiles:tuple[float, float]|None=None, # the tumour's (height, volume) quantiles (None: random)
                 ) -> Anatomy:
     "A random subject's tissue fractions on `site`'s grid, with a tumour of kind `tumour`."
     affine, shape = site.affine(), site.shape
@@ -418,7 +444,7 @@ def make_anatomy(rng:np.random.Generator, # the subject's random generator
     R = rotation(rng.normal(0, 3, 3))
     warp = np.stack([smooth_field(rng, shape, site.spacing, 20) for _ in range(3)]) * 2.5
     to_world = lambda mm: R @ (mm - TEMPLATE_CENTER) * size + centre
-    t = _tumour(rng, tumour, tpl, to_world) if tumour else None
+    t = _tumour(rng, tumour, tpl, to_world, quantiles) if tumour else None
     src = x + warp - (_mass_effect(x, t) if t else 0)
     mni = np.einsum('ij,j...->i...', R.T, (src - centre.reshape(3, 1, 1, 1)) / size.reshape(3, 1, 1, 1))
     fr = np.zeros((len(CLASSES), *shape))
@@ -505,8 +531,8 @@ def scan_subject(rng:np.random.Generator, # the subject's random generator (afte
 
 # %% ../nbs/01_phantom.ipynb #7ee70572
 SEED = 2023
-COUNTS = {'brats': 8, 'hcp': 8, 'ucsf': 6}
-PHANTOM_VERSION = 1
+COUNTS = {'brats': 30, 'hcp': 8, 'ucsf': 6}
+PHANTOM_VERSION = 2  # 2: BraTS-like t1ce is a gradient echo; tumour heights and volumes from documented distributions
 _UCSF_NAMES = {'t1': 'T1', 't1ce': 'T1c', 't2': 'T2', 'flair': 'FLAIR', 'dwi': 'DWI', 'adc': 'ADC', 'swi': 'SWI', 'asl': 'ASL'}
 
 def subject_id(site:str, i:int) -> str:
@@ -529,7 +555,7 @@ def sample_files(site:str, i:int, seed:int=SEED, tpl:Template|None=None) -> dict
     "The files of sample subject `i` of `site`: relative path -> bytes."
     tpl = tpl or default_template()
     s, sid, rng = SITES[site], subject_id(site, i), subject_rng(seed, site, i)
-    anat = make_anatomy(rng, s, tpl, TUMOUR_TYPES[i % len(TUMOUR_TYPES)] if s.tumours else None)
+    anat = make_anatomy(rng, s, tpl, TUMOUR_TYPES[i % len(TUMOUR_TYPES)] if s.tumours else None, tumour_quantiles(i))
     imgs, A = scan_subject(rng, anat, s), s.affine()
     files = {f'oracle/tissues/{sid}_tissues.nii.gz': _nifti(anat.tissues(), A, 'uint8')}
     if site == 'brats':

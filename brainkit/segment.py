@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .io import (LAYOUTS, PLANES, REGION_NAMES, BrainkitError, Subject, Volume, atomic_write_bytes, check_same_grid,
                          label_regions, open_dataset, plane_axis, regions_to_labels, samples_dir)
-from .preprocess import METHODS, CropPad, Normalizer, brain_mask
+from .preprocess import METHODS, CropPad, Normalizer, PercentileNormalizer, brain_mask, fill_holes
 from .data import (Augment, SliceCache, SliceSet, Slicing, VolumeSet, fit_normalizers, item_rng, lr_axis, make_loader,
                            split_dataset, split_record)
 from .networks import NORMS, SegUNet, pick_device
@@ -30,8 +30,9 @@ from .train import (Precision, Run, TrainConfig, fit, linear_decay, load_checkpo
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SegSlices', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model', 'predict_regions', 'inside_brain',
-           'evaluate_segmentation', 'train_segmentation', 'load_segmenter', 'segment_subject']
+__all__ = ['log', 'THRESHOLD_GRID', 'SegSlices', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model', 'predict_regions',
+           'inside_brain', 'evaluate_segmentation', 'train_segmentation', 'threshold_dice', 'ThresholdFloor',
+           'fit_threshold_floor', 'load_segmenter', 'segment_subject']
 
 # %% ../nbs/07_unet.ipynb #e0163cbe
 class SegSlices(Dataset):
@@ -250,6 +251,53 @@ def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
                    'train_subjects': len(train_s), 'train_items': len(train_ds), 'config': asdict(cfg)}
         atomic_write_bytes(out_dir/'metrics.json', json.dumps(metrics, indent=1).encode())
         return metrics
+
+# %% ../nbs/07_unet.ipynb #132ca183
+def threshold_dice(x:np.ndarray, # the intensities of the voxels considered
+                   truth:np.ndarray, # which of them are in the region (same shape)
+                   grid:np.ndarray, # candidate thresholds
+                   n_true:int|None=None, # the region's size, where some of it lies outside the voxels considered
+                  ) -> np.ndarray:
+    "Dice of `x > t` against the region, for every threshold t of `grid` (1 where both are empty, BraTS's rule)."
+    xs, xt = np.sort(x, axis=None), np.sort(x[truth], axis=None)
+    pred = len(xs) - np.searchsorted(xs, grid, side='right')
+    tp = len(xt) - np.searchsorted(xt, grid, side='right')
+    denom = pred + (len(xt) if n_true is None else n_true)
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+# %% ../nbs/07_unet.ipynb #30293fec
+THRESHOLD_GRID = np.linspace(-1, 1, 401) # candidate thresholds on the brain percentile scale
+
+def _floor_inputs(s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "A subject's FLAIR and T1ce on their brain percentile scale [-1, 1], and its brain mask (from FLAIR)."
+    v = s.load(['flair', 't1ce']) if hasattr(s, 'load') else s
+    check_same_grid({m: v[m] for m in ('flair', 't1ce')})
+    mask, p = brain_mask(v['flair']), PercentileNormalizer()
+    return p.apply(v['flair'], mask)[0], p.apply(v['t1ce'], mask)[0], mask
+
+@dataclass
+class ThresholdFloor:
+    "WT = FLAIR above `flair`; ET = T1ce above `t1ce` inside WT; TC = ET with its enclosed holes filled (BraTS labels out)."
+    flair: float # FLAIR threshold, brain percentile scale
+    t1ce: float # T1ce threshold, same scale
+
+    def predict(self, images) -> np.ndarray:
+        "BraTS labels (0, 1, 2, 4) of a subject (or a modality -> Volume mapping) on its canonical grid."
+        f, c, mask = _floor_inputs(images)
+        wt = (f > self.flair) & mask
+        et = (c > self.t1ce) & wt
+        tc = fill_holes(et) & wt
+        return regions_to_labels(np.stack([wt, tc, et]))
+
+def fit_threshold_floor(subjects:Sequence, # training subjects with flair, t1ce and seg
+                        grid:np.ndarray=THRESHOLD_GRID) -> ThresholdFloor:
+    "The FLAIR threshold that maximizes the mean WT Dice, then the T1ce threshold (inside that WT) that maximizes ET Dice."
+    data = [(*_floor_inputs(s), label_regions(s['seg'].data.astype(np.uint8))) for s in subjects]
+    if not data: raise ValueError("fit_threshold_floor needs at least one training subject")
+    wt_dice = np.mean([threshold_dice(f[m], r[0][m], grid, int(r[0].sum())) for f, _, m, r in data], 0)
+    tw = float(grid[int(np.argmax(wt_dice))])
+    et_dice = np.mean([threshold_dice(c[(f > tw) & m], r[2][(f > tw) & m], grid, int(r[2].sum())) for f, c, m, r in data], 0)
+    return ThresholdFloor(tw, float(grid[int(np.argmax(et_dice))]))
 
 # %% ../nbs/07_unet.ipynb #66f85cde
 def load_segmenter(checkpoint:str|Path, # a segment run's checkpoint.pt (or its folder)

@@ -24,6 +24,7 @@ from .preprocess import CropPad, Normalizer, brain_mask, resample
 from .networks import generator, generator_spec, pick_device
 from .train import CheckpointError, checkpoint_file, load_checkpoint, load_nets
 from .gan import translate_batch, upgrade_meta
+from .baselines import Baseline, is_baseline, load_baseline
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,23 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'load_translator', 'translate_slices', 'translate_volume', 'provenance', 'sidecar_path', 'save_translation',
            'open_input', 'translate_path']
 
+# %% ../nbs/11_translate.ipynb #3d18e4d7
+def _baseline_translator(path:str|Path, direction:str) -> tuple[Baseline, dict]:
+    "A baseline (chapter 08) and the `info` that `translate_volume`, `provenance` and `brainkit translate` read."
+    b, file = load_baseline(path), Path(path)/'baseline.json' if Path(path).is_dir() else Path(path)
+    if direction != 'AtoB':
+        raise BrainkitError(file, f"is a {b.name!r} baseline, which has only the 'AtoB' direction ({b.source} -> {b.target})",
+                            "leave --direction out (direction='AtoB')")
+    return b, {'model': b.name, 'direction': 'AtoB', 'sources': [b.source], 'target': b.target, 'plane': None, 'size': None,
+               'spacing': None, 'checkpoint': str(file.resolve()), 'epoch': None}
+
 # %% ../nbs/11_translate.ipynb #b6589a48
-def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt (or its folder)
+def load_translator(checkpoint:str|Path, # a translation run's checkpoint.pt, a baseline.json (chapter 08), or their folder
                     direction:str='AtoB', # which generator: 'AtoB', or e.g. 'BtoA' for CycleGAN's second one
                     device:str|torch.device='auto',
-                   ) -> tuple[nn.Module, dict]:
-    "A trained generator in eval mode, and what applying it needs: source modalities, target, plane, normalizations."
+                   ) -> tuple[nn.Module|Baseline, dict]:
+    "A trained generator in eval mode (or a classical baseline), and what applying it needs: sources, target, plane, normalizations."
+    if is_baseline(checkpoint) and not checkpoint_file(checkpoint).is_file(): return _baseline_translator(checkpoint, direction)
     ck = load_checkpoint(checkpoint)
     meta = upgrade_meta(ck['meta'])
     if 'directions' not in meta:
@@ -121,6 +133,7 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
                      denormalize:bool=True, # map back to the input's intensity scale (False: keep [-1, 1])
                      progress:bool=False) -> Volume:
     "The translated volume, on the grid, affine and orientation of the (first) input."
+    if isinstance(G, Baseline): return G(_inputs(info, images)[0])     # intensity maps: no plane, no slices ([0, 1] in the brain)
     plane = plane or info['plane']
     ax = plane_axis(plane)
     if plane != info['plane']:

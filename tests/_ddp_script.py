@@ -6,7 +6,15 @@
 Each rank writes OUT/rank{r}.pt: {'pix2pix': {net: state_dict}, 'cyclegan': {net: state_dict}, 'world': ...,
 'seen': {model: [[item index, ...] per step]}}. The models are the ones whose distributed update is meant to equal
 the single-process one: instance norm (CPU DDP has no SyncBatchNorm), no dropout and no image pool (both draw
-random numbers that differ between processes by design)."""
+random numbers that differ between processes by design).
+
+Everything runs in float64 (`DTYPE`: models, batches, gradients, the all-reduce). The claim under test is exact math:
+the average of the ranks' gradients is the gradient of the global batch. In float32 the two runs' weights part at
+rounding level (~1e-7, reduction order), and a ReLU network's gradient is discontinuous: once one of the ~480,000
+ReLU inputs of a CycleGAN step lies within that noise of 0, its mask flips in one run only, the generator's gradient
+jumps by a few percent and Adam carries it into the weights (issue 14: 7.6e-4 in G_A after 3 steps, on the phantom
+v2 samples; no flip on v1's). Whether that happens is chance, set by the sample data; in float64 the noise is ~1e-16
+and it does not. The float32 path under torchrun is what `brainkit train` runs (test_ddp.py's whole-run tests)."""
 import argparse, sys
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from brainkit.preprocess import Normalizer
 from brainkit.train import distributed_sampler, init_distributed, seed_everything
 
 SIZE = 32
+DTYPE = torch.float64
 P2P = dict(size=SIZE, ngf=4, ndf=4, norm='instance', dropout=False, device='cpu')
 CYC = dict(size=SIZE, ngf=4, ndf=4, pool_size=0, lambda_identity=0.5, device='cpu')
 
@@ -40,7 +49,8 @@ def run(model, ds, d, batch_size, steps, seed=0):
     seen = []
     for i, batch in enumerate(loader):
         if i == steps: break
-        model.step(batch); seen.append(batch['index'].tolist())
+        model.step({k: v.to(DTYPE) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()})
+        seen.append(batch['index'].tolist())
     assert len(seen) == steps, f"only {len(seen)} batches"
     return {k: {n: v.detach().clone() for n, v in net.state_dict().items()} for k, net in model.nets.items()}, seen
 
@@ -50,6 +60,7 @@ def main():
     p.add_argument('out'); p.add_argument('--batch-size', type=int, required=True); p.add_argument('--steps', type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(1)
+    torch.set_default_dtype(DTYPE)                             # the models are built in it
     d, dev = init_distributed('cpu')
     brats = list(open_dataset(samples_dir('brats')))[:2]
     hcp = list(open_dataset(samples_dir('hcp')))[:2]

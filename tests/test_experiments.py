@@ -340,3 +340,24 @@ def test_a_run_whose_process_ended_reads_interrupted(tmp_path):
     assert code == 1 and '| x=1 | 1 | interrupted |' in out, out
     assert f'interrupted: x=1: the process {ended.pid} ended' in err and 'running: x=2: running on gpu-node-7' in err
     assert 'no error recorded' not in err
+
+
+def test_a_sweep_over_seeds_reports_mean_and_sd_per_group(tmp_path):
+    "Issue 14: a results table shows the spread over seeds; a group of one seed shows a bare mean; failed runs are not pooled."
+    nb = tmp_path/'nbs'/'seeded.ipynb'; nb.parent.mkdir()
+    cells = [new_code_cell("model = 'a'\nseed = 0\nout_dir = 'out'", metadata={'tags': ['parameters']}),
+             new_code_cell("import json, pathlib\nif seed == 9: raise ValueError('bad seed')\n"
+                           "out = pathlib.Path(out_dir); out.mkdir(parents=True, exist_ok=True)\n"
+                           "json.dump({'score': seed + (10.0 if model == 'b' else 0.0)}, open(out/'metrics.json', 'w'))")]
+    book = new_notebook(cells=cells); book.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(book, nb)
+    f = tmp_path/'seeds.yaml'
+    f.write_text("notebook: nbs/seeded.ipynb\nout: sweep\nworkers: 2\nruns:\n  - {model: a, seed: 0}\n  - {model: a, seed: 2}\n"
+                 "  - {model: a, seed: 9}\n  - {model: b, seed: 0}\n")
+    code, stdout, stderr = cli('sweep', f, '-q')
+    assert code == 1 and 'bad seed' in stderr                      # the failed run is reported, the others are summarized
+    summary = (tmp_path/'sweep'/'summary.md').read_text().splitlines()
+    assert summary[0].startswith('| model | n | seconds |') and summary[0].endswith('| score |')
+    assert summary[2].startswith('| a | 2 |') and summary[2].endswith('| 1 ± 1.4 |')     # seeds 0 and 2: mean 1, sd sqrt(2)
+    assert summary[3].startswith('| b | 1 |') and summary[3].endswith('| 10 |')          # one seed: no sd
+    assert 'mean ± sd over seeds' in stdout and '| a | 2 |' in stdout

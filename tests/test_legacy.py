@@ -1,7 +1,11 @@
 """Checkpoints written before the translation core (checkpoint format 1, brainkit at 8a7bfb5) still load, translate,
 segment and resume: tiny real checkpoints of that version are in tests/data/legacy/, with what that version computed
-from them (expected.json; tests/data/legacy/make_legacy.py says how they were made)."""
-import json, shutil
+from them (expected.json; tests/data/legacy/make_legacy.py says how they were made).
+
+The BraTS-like subject those outputs were computed from (BraTS2021_90003 of the phantom-version-1 samples) is kept in
+tests/data/legacy/inputs/, because data_samples/ is regenerated when the phantom changes and the old outputs are facts of
+the old input. The HCP-like subject (000001) is read from data_samples/ while it is byte-identical to the one they used."""
+import hashlib, json, shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +24,21 @@ EXPECTED = json.loads((LEGACY/'expected.json').read_text())
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
+INPUTS = LEGACY/'inputs'
+# sha256 of the HCP-like inputs that make_legacy.py read (data_samples/MANIFEST.json, phantom version 1)
+HCP_INPUTS = {'000001': {'T1w/T1w_acpc_dc_restore_brain.nii.gz':
+                         'e1e7cfaad160e5fa820103b7fca751b76ebcd370868f068ea4c53ecbca9d7107'}}
+
+
 def subject(sid):
-    ds = open_dataset(samples_dir('brats' if sid.startswith('BraTS') else 'hcp'))
-    return next(s for s in ds if s.id == sid)
+    "The subject an old checkpoint's outputs in expected.json were computed from: the very files that version read."
+    if sid.startswith('BraTS'): return open_dataset(INPUTS/'BraTS2021')[sid]
+    root = samples_dir('hcp')
+    for f, digest in HCP_INPUTS[sid].items():
+        assert hashlib.sha256((root/sid/f).read_bytes()).hexdigest() == digest, (
+            f'{root/sid/f} is no longer the file expected.json was computed from: copy that subject from the old samples '
+            f'into {INPUTS}/HCP/ and read it from there, as BraTS2021_90003 is')
+    return open_dataset(root)[sid]
 
 
 def test_the_fixtures_are_format_1_checkpoints():

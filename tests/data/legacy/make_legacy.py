@@ -3,6 +3,9 @@
 # for every checkpoint users trained before that change: tests/test_legacy.py checks that they still load and translate
 # to what that version produced (expected.json). Rerunning this script needs a checkout of that commit:
 #   git worktree add /tmp/bk-8a7bfb5 8a7bfb5 && cd /tmp/bk-8a7bfb5 && make venv && .venv/bin/python THIS_FILE
+# It read the samples of that commit (phantom version 1: 8 BraTS-like subjects). The one BraTS-like subject the outputs
+# were computed from, BraTS2021_90003, is kept byte-identical in inputs/ (data_samples/ has since been regenerated);
+# HCP subject 000001 is unchanged in data_samples/ (tests/test_legacy.py checks its sha256).
 import os
 import json, subprocess, sys, shutil
 from pathlib import Path
