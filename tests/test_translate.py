@@ -340,7 +340,8 @@ def test_a_plain_folder_takes_modality_and_exclude(p2p, plain, tmp_path):
     # the library takes the same, and a whole dataset can leave subjects out too
     written = translate_path(p2p, samples_dir('brats'), tmp_path/'c', device='cpu', progress=False,
                              exclude=['BraTS2021_90000', 'BraTS2021_90001'])
-    assert len(written) == 6 and not (tmp_path/'c'/'BraTS2021_90000').exists()
+    from brainkit.io import open_dataset
+    assert len(written) == len(open_dataset(samples_dir('brats'))) - 2 and not (tmp_path/'c'/'BraTS2021_90000').exists()
     with pytest.raises(Exception, match='given as t2'):
         translate_path(p2p, t1_of(), tmp_path/'d.nii.gz', device='cpu', progress=False, modality='t2')
 
