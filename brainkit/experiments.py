@@ -579,23 +579,32 @@ class Results:
         return buf.getvalue()
 
 # %% ../nbs/13_experiments.ipynb #1a71d2b8
+def _pooled_keys(res:Results, over:str|list[str]) -> list[str]:
+    "The parameters that tell the groups apart: every one but `over`."
+    over = [over] if isinstance(over, str) else list(over)
+    return [p for p in res.params if p not in over]
+
+def _seed_groups(res:Results, over:str|list[str]='seed') -> dict[tuple, list[dict]]:
+    "Every row, grouped (in order of first appearance) by the parameters other than `over`."
+    groups = {}
+    for r in res.rows: groups.setdefault(tuple(_text(r.get(k)) for k in _pooled_keys(res, over)), []).append(r)
+    return groups
+
+def _mean_sd(v:list) -> tuple|None:
+    "(mean, sd with ddof 1) of the numbers `v`; sd None for one number, and None for none."
+    if not v: return None
+    m = sum(v) / len(v)
+    return m, ((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None)
+
 def seed_summary(res:Results, # a results table
                  over:str|list[str]='seed', # the parameter(s) whose runs are pooled
                 ) -> list[dict]:
     "Finished runs grouped by every parameter but `over`: each group's parameters, `n`, and each metric's (mean, sd) or None."
-    over = [over] if isinstance(over, str) else list(over)
-    keys = [p for p in res.params if p not in over]
-    groups = {}
-    for r in res.rows:
-        if r['status'] == 'done': groups.setdefault(tuple(_text(r.get(k)) for k in keys), []).append(r)
-    out = []
-    for rs in groups.values():
-        row = {**{k: rs[0].get(k) for k in keys}, 'n': len(rs)}
-        for c in ('seconds', *res.metrics):
-            v = [float(r[c]) for r in rs if _number(r.get(c))]
-            m = sum(v) / len(v) if v else None
-            row[c] = (m, (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None) if v else None
-        out.append(row)
+    keys, out = _pooled_keys(res, over), []
+    for rs in _seed_groups(res, over).values():
+        if rs := [r for r in rs if r['status'] == 'done']:
+            out.append({**{k: rs[0].get(k) for k in keys}, 'n': len(rs),
+                        **{c: _mean_sd([r[c] for r in rs if _number(r.get(c))]) for c in ('seconds', *res.metrics)}})
     return out
 
 def _pm(v) -> str:
@@ -711,9 +720,7 @@ def results_figure(res:Results, # a results table
 def _seed_figure(res:Results, cols:list[str]):
     "The results figure of a sweep over seeds: per group a bar at the mean, an error bar of one sd, a dot per seed."
     from matplotlib.figure import Figure
-    keys = [p for p in res.params if p != 'seed']
-    groups = {}
-    for r in res.rows: groups.setdefault(tuple(_text(r.get(k)) for k in keys), []).append(r)
+    groups = _seed_groups(res)
     names = [','.join(g) or 'all' for g in groups]
     n, k = len(groups), len(cols)
     ncol = min(k, 3); nrow = -(-k // ncol)
@@ -724,8 +731,8 @@ def _seed_figure(res:Results, cols:list[str]):
             v = [r[c] for r in rs if r['status'] == 'done' and _number(r.get(c))]
             if not v:
                 ax.text(i, 0, ' n/a', rotation=90, ha='center', va='bottom', color='C3', fontsize=8); continue
-            m = sum(v) / len(v); sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0
-            ax.bar(i, m, color='C0', alpha=0.6, yerr=sd if len(v) > 1 else None, capsize=3)
+            m, sd = _mean_sd(v)
+            ax.bar(i, m, color='C0', alpha=0.6, yerr=sd, capsize=3)
             ax.plot([i] * len(v), v, 'k.', ms=4)
             ax.text(i, m, f' {m:.3g}\n n={len(v)}', ha='center', va='bottom', fontsize=6)
         ax.set_xticks(range(n), names, rotation=30, ha='right', fontsize=7)
