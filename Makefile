@@ -43,7 +43,8 @@ run: $(STAMP)
 	$(BIN)/brainkit sweep nbs/sweeps/compare.yaml --workers 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	# two test workers, one math thread each: most tests are short, and start-up and waiting dominate a serial run
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 --dist loadfile
 	# two notebooks at a time on 2 cores: one math thread each (oversubscribed OpenMP threads spin and slow training ~5x)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 

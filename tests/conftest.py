@@ -19,6 +19,36 @@ from brainkit.io import samples_dir
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_SAMPLES = TESTS_DIR.parent/'data_samples'
+# The tests of the machinery (readers, training, resume, the command line) see the first TEST_BRATS BraTS-like subjects
+# of the samples and all of the other sites: nothing they check depends on how many subjects a site has, and training
+# on all 30 made the suite three times slower. The tests of the samples themselves (test_phantom: coverage of every
+# position bin, sizes, the tumour-volume distribution, regeneration) use the whole folder: that module's own `samples` fixture.
+TEST_BRATS = 8
+
+
+def _test_samples(full:Path) -> Path:
+    "A copy of `full` with only its first TEST_BRATS BraTS-like subjects, and a manifest of what it holds."
+    import atexit, json, shutil
+    tmp = _tempfile.mkdtemp(prefix='brainkit-test-samples-')
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    dst = Path(tmp)/'data_samples'
+    m = json.loads((full/'MANIFEST.json').read_text())
+    keep = sorted(p.name for p in (full/'BraTS2021').iterdir() if p.is_dir())[:TEST_BRATS]
+    def kept(rel): return not rel.startswith('BraTS2021/') or rel.split('/')[1] in keep
+    for rel in filter(kept, m['files']):
+        (dst/rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(full/rel, dst/rel)
+    for f in full.iterdir():
+        if f.is_file() and f.name != 'MANIFEST.json': shutil.copy2(f, dst/f.name)
+    m['files'] = {k: v for k, v in m['files'].items() if kept(k)}
+    m['content'] = {k: v for k, v in m.get('content', {}).items() if kept(k)}
+    m['counts'] = {**m['counts'], 'brats': len(keep)}
+    (dst/'MANIFEST.json').write_text(json.dumps(m, indent=1))
+    return dst
+
+
+if 'BRAINKIT_SAMPLES' not in os.environ and (REPO_SAMPLES/'MANIFEST.json').is_file():
+    os.environ['BRAINKIT_SAMPLES'] = str(_test_samples(REPO_SAMPLES))  # subprocesses (the `brainkit` command) inherit it
 
 
 def pytest_configure(config):
@@ -65,10 +95,11 @@ def raw_nifti():
 
 @pytest.fixture(scope='session')
 def samples() -> Path:
-    "The bundled data_samples folder, found the way users find it."
+    "The samples folder the tests use (the bundled one with TEST_BRATS BraTS-like subjects), found the way users find it."
     root = samples_dir()
     assert (root/'MANIFEST.json').is_file()
     return root
+
 
 
 BRATS21_MODS = ('t1', 't1ce', 't2', 'flair', 'seg')

@@ -20,6 +20,16 @@ from brainkit.phantom import (CLASSES, SITES, TISSUES, TUMOUR_TYPES, default_tem
                               verify_samples)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def samples():
+    "This module tests the samples themselves: the whole bundled folder (the other modules see a subset, conftest.py)."
+    from conftest import REPO_SAMPLES
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('BRAINKIT_SAMPLES', str(REPO_SAMPLES))
+        assert samples_dir() == REPO_SAMPLES
+        yield REPO_SAMPLES
+
+
 @pytest.fixture(scope='module')
 def manifest(samples):
     return json.loads((samples/'MANIFEST.json').read_text())
