@@ -445,7 +445,9 @@ def main(argv=None) -> int:
         results = json.loads(args.out.read_text())
         _write(args.out.with_suffix('.md'), markdown(results)); print(table(results))
         return 0
-    names = [n for n in SPECS if not args.only or any(n.startswith(o) or SPECS[n]['path'].endswith(o) for o in args.only)]
+    def chosen(n, o):   # a spec's own name picks only that spec; otherwise a prefix of names, or a notebook's path
+        return n == o if o in SPECS else (n.startswith(o) or SPECS[n]['path'].endswith(o))
+    names = [n for n in SPECS if not args.only or any(chosen(n, o) for o in args.only)]
     if not names: p.error(f"no notebook of SPECS matches {args.only}: they are {', '.join(SPECS)}")
     for n in names:
         for c in drift(SPECS[n]):

@@ -1,0 +1,143 @@
+"""Learning curve of chapter 07's 2D U-Net: held-out Dice per region against training time, beside the threshold floor.
+
+Writes `bench/results/seg_curve.json` and `bench/results/seg_curve.png`. Run:
+`.venv/bin/python bench/seg_curve.py [--epochs 16] [--seeds 0] [--set KEY=VALUE ...]`.
+
+One run per seed of `brainkit.segment.train_segmentation` with chapter 07's quick settings (size 96, base 16, depth 4,
+batch 16, lr 3e-3, the 0.75/0.25 split with `split_seed=0`) at a constant learning rate (`epochs_decay=0`) for
+`--epochs` epochs. The library validates after every epoch (BraTS's Dice per region on the held-out volumes, as
+`segment predict` writes them), so one run gives the whole curve: the Dice of each epoch against the training time
+spent so far. Time is the history's per-epoch training seconds (wall, torch on 2 threads, the machine otherwise idle;
+validation and data preparation not counted); the whole run's process CPU time / 2 is recorded beside it.
+
+The floors, on the same held-out subjects: chance for the whole tumour (its share of the brain), and chapter 07's
+threshold floor (FLAIR for WT, T1ce for ET/TC, fitted on the run's training subjects). `checks` in the JSON say, per
+region, at which epoch (and minute) the U-Net first beats the floor, if it does.
+"""
+from __future__ import annotations
+
+import os
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+os.environ.setdefault('MKL_NUM_THREADS', '2')
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, machine_info  # noqa: E402
+from curves import _manifest_digest, parse_sets, write_json  # noqa: E402
+
+from brainkit.io import open_dataset, samples_dir  # noqa: E402
+from brainkit.metrics import dice_per_region  # noqa: E402
+from brainkit.segment import REGION_NAMES, fit_threshold_floor, label_regions, train_segmentation  # noqa: E402
+
+THREADS = 2
+QUICK = dict(dims=2, size=96, base=16, depth=4, batch_size=16, lr=3e-3)   # chapter 07's quick settings
+
+
+def floors(metrics:dict) -> dict:
+    "Chance (WT) and the threshold floor on the run's held-out subjects, fitted on its training subjects."
+    brats = open_dataset(samples_dir('brats'))
+    val_ids = {r['subject'] for r in metrics['val_subjects']}
+    val = [s for s in brats if s.id in val_ids]
+    train = [s for s in brats if s.id not in val_ids]
+    floor = fit_threshold_floor(train)
+    truth = lambda s: torch.from_numpy(label_regions(s['seg'].data.astype(np.uint8)))
+    rows = [dice_per_region(torch.from_numpy(label_regions(floor.predict(s))), truth(s)) for s in val]
+    chance = float(np.mean([(s['seg'].data > 0).sum() / (s['flair'].data > 0).sum() for s in val]))
+    return {'chance': {'WT': round(chance, 4)},
+            'threshold floor': {r: round(float(np.mean([x[r] for x in rows])), 4) for r in REGION_NAMES},
+            'thresholds': {'flair': floor.flair, 't1ce': floor.t1ce}}
+
+
+def run_seed(seed:int, epochs:int, sets:dict, runs:Path) -> dict:
+    cfg = {**QUICK, **sets, 'epochs': epochs, 'epochs_decay': 0, 'seed': seed, 'split_seed': 0, 'device': 'cpu',
+           'sample_every': 0}
+    c0, w0 = time.process_time(), time.perf_counter()
+    m = train_segmentation(cfg, runs/f'unet_seed{seed}', resume=False, progress=False)
+    cpu, wall = (time.process_time() - c0) / THREADS, time.perf_counter() - w0
+    elapsed, points = 0.0, []
+    for h in m['history']:
+        elapsed += h['seconds']
+        points.append({'epoch': h['epoch'], 'train_min': round(elapsed / 60, 3), 'loss': round(h['loss'], 4),
+                       **{r: round(h[f'val_{r}'], 4) for r in REGION_NAMES}})
+    return {'seed': seed, 'config': m['config'], 'train_subjects': m['train_subjects'], 'train_slices': m['train_items'],
+            'held_out': [r['subject'] for r in m['val_subjects']], 'run_cpu_min': round(cpu / 60, 3),
+            'run_wall_min': round(wall / 60, 3), 'points': points, 'floors': floors(m)}
+
+
+def checks_of(curves:list[dict]) -> list[dict]:
+    "Per seed and region: the first epoch at which the U-Net's held-out Dice beats the threshold floor."
+    out = []
+    for c in curves:
+        for r in REGION_NAMES:
+            bar = c['floors']['threshold floor'][r]
+            first = next((p for p in c['points'] if p[r] > bar), None)
+            best = max(c['points'], key=lambda p: p[r])
+            out.append({'name': f"U-Net seed {c['seed']}: {r} Dice beats the threshold floor", 'target': f'> {bar:.4f}',
+                        'met': first is not None, 'first_epoch': first and first['epoch'],
+                        'first_train_min': first and first['train_min'], 'best': {'epoch': best['epoch'], r: best[r]}})
+    return out
+
+
+def figure(doc:dict, path:Path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, r in zip(axes, REGION_NAMES):
+        for i, c in enumerate(doc['curves']):
+            ax.plot([p['train_min'] for p in c['points']], [p[r] for p in c['points']], 'o-', ms=3, color=f'C{i}',
+                    label=f"U-Net seed {c['seed']}")
+            ax.axhline(c['floors']['threshold floor'][r], color=f'C{i}', ls='--', lw=1,
+                       label='threshold floor' if i == 0 else None)
+            if r in c['floors']['chance']:
+                ax.axhline(c['floors']['chance'][r], color='gray', ls=':', lw=1, label='chance' if i == 0 else None)
+        ax.set_ylim(0, 1); ax.set_xlabel('training minutes (2 cores)'); ax.set_title(f'held-out {r} Dice', fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("chapter 07's 2D U-Net (constant learning rate) vs the threshold floor", fontsize=10)
+    fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--epochs', type=int, default=16)
+    ap.add_argument('--seeds', nargs='+', type=int, default=[0])
+    ap.add_argument('--set', nargs='*', default=[], dest='sets', metavar='KEY=VALUE', help='SegConfig overrides (JSON values)')
+    ap.add_argument('--runs', type=Path, default=Path('runs/seg_curve'))
+    ap.add_argument('--out', type=Path, default=RESULTS_DIR/'seg_curve.json')
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s', datefmt='%H:%M:%S')
+    logging.getLogger('brainkit').setLevel(logging.WARNING)
+    torch.set_num_threads(THREADS)
+    sets = parse_sets(a.sets).get('*', {})
+    doc = {'benchmark': 'seg_curve', 'machine': machine_info(), 'argv': sys.argv[1:],   # (of the latest invocation)
+           'time': 'history seconds of each training epoch (wall, 2 threads, validation not counted)',
+           'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'), 'samples_manifest': _manifest_digest(), 'curves': []}
+    if a.out.exists():                                   # keep the other seeds' curves of an earlier invocation
+        try: doc['curves'] = [c for c in json.loads(a.out.read_text())['curves'] if c['seed'] not in a.seeds]
+        except (OSError, json.JSONDecodeError, KeyError): pass
+    for seed in a.seeds:
+        doc['curves'] = sorted([*doc['curves'], run_seed(seed, a.epochs, sets, a.runs)], key=lambda c: c['seed'])
+        doc['checks'] = checks_of(doc['curves'])
+        doc['timestamp_utc'] = datetime.now(timezone.utc).isoformat(timespec='seconds')
+        write_json(a.out, doc); figure(doc, a.out.with_suffix('.png'))
+        c = next(c for c in doc['curves'] if c['seed'] == seed)
+        print(f"seed {seed}: floors {c['floors']['threshold floor']}, run {c['run_cpu_min']} CPU-min")
+        for p in c['points']: print('  ', p)
+    for c in doc['checks']:
+        print(f"[{'OK' if c['met'] else 'MISSED'}] {c['name']} {c['target']}: first at epoch {c['first_epoch']} "
+              f"({c['first_train_min']} min); best {c['best']}")
+
+
+if __name__ == '__main__':
+    main()
