@@ -45,9 +45,8 @@ run: $(STAMP)
 test: $(STAMP)
 	# two test workers, one math thread each: most tests are short, and start-up and waiting dominate a serial run
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 --dist loadfile
-	# every notebook, as nbdev_test runs it, two at a time on 2 cores, the longest first: one math thread each
-	# (oversubscribed OpenMP threads spin and slow training ~5x)
-	OMP_NUM_THREADS=1 $(BIN)/python .ci/notebooks.py --workers 2
+	# two notebooks at a time on 2 cores: one math thread each (oversubscribed OpenMP threads spin and slow training ~5x)
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 # --- developer helpers (not part of the two commands) ---
 export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild README.md
