@@ -38,18 +38,20 @@ from curves import _manifest_digest, parse_sets, write_json  # noqa: E402
 
 from brainkit.io import open_dataset, samples_dir  # noqa: E402
 from brainkit.metrics import dice_per_region  # noqa: E402
+from brainkit.train import load_checkpoint  # noqa: E402
 from brainkit.segment import REGION_NAMES, fit_threshold_floor, label_regions, train_segmentation  # noqa: E402
 
 THREADS = 2
 QUICK = dict(dims=2, size=96, base=16, depth=4, batch_size=16, lr=3e-3)   # chapter 07's quick settings
 
 
-def floors(metrics:dict) -> dict:
+def floors(metrics:dict, run:Path) -> dict:
     "Chance (WT) and the threshold floor on the run's held-out subjects, fitted on its training subjects."
     brats = open_dataset(samples_dir('brats'))
     val_ids = {r['subject'] for r in metrics['val_subjects']}
+    train_ids = set(load_checkpoint(run, 'segment')['meta']['split']['train'])     # the split the run recorded
     val = [s for s in brats if s.id in val_ids]
-    train = [s for s in brats if s.id not in val_ids]
+    train = [s for s in brats if s.id in train_ids]
     floor = fit_threshold_floor(train)
     truth = lambda s: torch.from_numpy(label_regions(s['seg'].data.astype(np.uint8)))
     rows = [dice_per_region(torch.from_numpy(label_regions(floor.predict(s))), truth(s)) for s in val]
@@ -63,7 +65,8 @@ def run_seed(seed:int, epochs:int, sets:dict, runs:Path) -> dict:
     cfg = {**QUICK, **sets, 'epochs': epochs, 'epochs_decay': 0, 'seed': seed, 'split_seed': 0, 'device': 'cpu',
            'sample_every': 0}
     c0, w0 = time.process_time(), time.perf_counter()
-    m = train_segmentation(cfg, runs/f'unet_seed{seed}', resume=False, progress=False)
+    run = runs/f'unet_seed{seed}'
+    m = train_segmentation(cfg, run, resume=False, progress=False)
     cpu, wall = (time.process_time() - c0) / THREADS, time.perf_counter() - w0
     elapsed, points = 0.0, []
     for h in m['history']:
@@ -72,7 +75,7 @@ def run_seed(seed:int, epochs:int, sets:dict, runs:Path) -> dict:
                        **{r: round(h[f'val_{r}'], 4) for r in REGION_NAMES}})
     return {'seed': seed, 'config': m['config'], 'train_subjects': m['train_subjects'], 'train_slices': m['train_items'],
             'held_out': [r['subject'] for r in m['val_subjects']], 'run_cpu_min': round(cpu / 60, 3),
-            'run_wall_min': round(wall / 60, 3), 'points': points, 'floors': floors(m)}
+            'run_wall_min': round(wall / 60, 3), 'points': points, 'floors': floors(m, run)}
 
 
 def checks_of(curves:list[dict]) -> list[dict]:
