@@ -4,7 +4,7 @@ Writes `bench/results/seg_curve.json` and `bench/results/seg_curve.png`. Run:
 `.venv/bin/python bench/seg_curve.py [--epochs 16] [--seeds 0] [--set KEY=VALUE ...]`.
 
 One run per seed of `brainkit.segment.train_segmentation` with chapter 07's quick settings (size 96, base 16, depth 4,
-batch 16, lr 3e-3, the 0.75/0.25 split with `split_seed=0`) at a constant learning rate (`epochs_decay=0`) for
+batch 16, lr 3e-3, half of each epoch's slices drawn from those with tumour core, the 0.75/0.25 split with `split_seed=0`) at a constant learning rate (`epochs_decay=0`) for
 `--epochs` epochs. The library validates after every epoch (BraTS's Dice per region on the held-out volumes, as
 `segment predict` writes them), so one run gives the whole curve: the Dice of each epoch against the training time
 spent so far. Time is the history's per-epoch training seconds (wall, torch on 2 threads, the machine otherwise idle;
@@ -37,12 +37,11 @@ from _common import RESULTS_DIR, machine_info  # noqa: E402
 from curves import _manifest_digest, parse_sets, write_json  # noqa: E402
 
 from brainkit.io import open_dataset, samples_dir  # noqa: E402
-from brainkit.metrics import dice_per_region  # noqa: E402
-from brainkit.train import load_checkpoint  # noqa: E402
-from brainkit.segment import REGION_NAMES, fit_threshold_floor, label_regions, train_segmentation  # noqa: E402
+from brainkit.train import load_checkpoint, prepare_out_dir  # noqa: E402
+from brainkit.segment import REGION_NAMES, fit_threshold_floor, floor_dice, train_segmentation  # noqa: E402
 
 THREADS = 2
-QUICK = dict(dims=2, size=96, base=16, depth=4, batch_size=16, lr=3e-3)   # chapter 07's quick settings
+QUICK = dict(dims=2, size=96, base=16, depth=4, batch_size=16, lr=3e-3, tumour_share=0.5)   # chapter 07's quick settings
 
 
 def floors(metrics:dict, run:Path) -> dict:
@@ -53,19 +52,41 @@ def floors(metrics:dict, run:Path) -> dict:
     val = [s for s in brats if s.id in val_ids]
     train = [s for s in brats if s.id in train_ids]
     floor = fit_threshold_floor(train)
-    truth = lambda s: torch.from_numpy(label_regions(s['seg'].data.astype(np.uint8)))
-    rows = [dice_per_region(torch.from_numpy(label_regions(floor.predict(s))), truth(s)) for s in val]
     chance = float(np.mean([(s['seg'].data > 0).sum() / (s['flair'].data > 0).sum() for s in val]))
     return {'chance': {'WT': round(chance, 4)},
-            'threshold floor': {r: round(float(np.mean([x[r] for x in rows])), 4) for r in REGION_NAMES},
+            'threshold floor': {r: round(v, 4) for r, v in floor_dice(floor, val).items()},
             'thresholds': {'flair': floor.flair, 't1ce': floor.t1ce}}
+
+
+def outputs(run:Path, val_ids:set) -> dict:
+    """Where the final network's probabilities sit, per region: the median over held-out subjects of the median
+    probability inside the region, and in the brain outside the whole tumour (0.5 is the label map's threshold)."""
+    from brainkit.data import Slicing, VolumeSet
+    from brainkit.io import label_regions
+    from brainkit.preprocess import Normalizer
+    from brainkit.segment import SegConfig, inside_brain, load_segmenter, predict_regions
+    model, meta = load_segmenter(run, device='cpu')
+    cfg = SegConfig.from_dict(load_checkpoint(run, 'segment')['config'])
+    norms = {m: Normalizer.from_dict(d) for m, d in meta['normalizers'].items()}
+    val = [s for s in open_dataset(samples_dir('brats')) if s.id in val_ids]
+    vs = VolumeSet(val, cfg.modalities, 'seg', Slicing.of(cfg.slicing(norms), size=None), progress=False)
+    inside, outside = {r: [] for r in REGION_NAMES}, {r: [] for r in REGION_NAMES}
+    for k in range(len(vs)):
+        v = vs[k]; image = v['image'].numpy()
+        p, r = predict_regions(model, image, 16), label_regions(v['label'].numpy().astype(np.uint8))
+        brain = inside_brain(image) & ~r[0]
+        for c, name in enumerate(REGION_NAMES):
+            if r[c].any(): inside[name].append(float(np.median(p[c][r[c]])))
+            outside[name].append(float(np.median(p[c][brain])))
+    return {name: {'median p inside': round(float(np.median(inside[name])), 4), 'range inside': [round(min(inside[name]), 4), round(max(inside[name]), 4)],
+                   'median p outside the tumour': round(float(np.median(outside[name])), 4)} for name in REGION_NAMES}
 
 
 def run_seed(seed:int, epochs:int, sets:dict, runs:Path) -> dict:
     cfg = {**QUICK, **sets, 'epochs': epochs, 'epochs_decay': 0, 'seed': seed, 'split_seed': 0, 'device': 'cpu',
            'sample_every': 0}
     c0, w0 = time.process_time(), time.perf_counter()
-    run = runs/f'unet_seed{seed}'
+    run = prepare_out_dir(runs/f'unet_seed{seed}', True, 'bench/seg_curve.py')   # (a rerun starts afresh)
     m = train_segmentation(cfg, run, resume=False, progress=False)
     cpu, wall = (time.process_time() - c0) / THREADS, time.perf_counter() - w0
     elapsed, points = 0.0, []
@@ -75,7 +96,8 @@ def run_seed(seed:int, epochs:int, sets:dict, runs:Path) -> dict:
                        **{r: round(h[f'val_{r}'], 4) for r in REGION_NAMES}})
     return {'seed': seed, 'config': m['config'], 'train_subjects': m['train_subjects'], 'train_slices': m['train_items'],
             'held_out': [r['subject'] for r in m['val_subjects']], 'run_cpu_min': round(cpu / 60, 3),
-            'run_wall_min': round(wall / 60, 3), 'points': points, 'floors': floors(m, run)}
+            'run_wall_min': round(wall / 60, 3), 'points': points, 'floors': floors(m, run),
+            'outputs_at_end': outputs(run, {r['subject'] for r in m['val_subjects']})}
 
 
 def checks_of(curves:list[dict]) -> list[dict]:
@@ -107,7 +129,8 @@ def figure(doc:dict, path:Path):
                 ax.axhline(c['floors']['chance'][r], color='gray', ls=':', lw=1, label='chance' if i == 0 else None)
         ax.set_ylim(0, 1); ax.set_xlabel('training minutes (2 cores)'); ax.set_title(f'held-out {r} Dice', fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle("chapter 07's 2D U-Net (constant learning rate) vs the threshold floor", fontsize=10)
+    share = doc['curves'][0]['config'].get('tumour_share', 0) if doc['curves'] else 0
+    fig.suptitle(f"chapter 07's 2D U-Net (constant learning rate, tumour_share {share}) vs the threshold floor", fontsize=10)
     fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
 
 
@@ -127,7 +150,9 @@ def main(argv=None):
            'time': 'history seconds of each training epoch (wall, 2 threads, validation not counted)',
            'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'), 'samples_manifest': _manifest_digest(), 'curves': []}
     if a.out.exists():                                   # keep the other seeds' curves of an earlier invocation
-        try: doc['curves'] = [c for c in json.loads(a.out.read_text())['curves'] if c['seed'] not in a.seeds]
+        want = {**QUICK, **sets}                         # ... measured with the same settings (any number of epochs)
+        try: doc['curves'] = [c for c in json.loads(a.out.read_text())['curves'] if c['seed'] not in a.seeds
+                              and all(c['config'].get(k) == v for k, v in want.items())]
         except (OSError, json.JSONDecodeError, KeyError): pass
     for seed in a.seeds:
         doc['curves'] = sorted([*doc['curves'], run_seed(seed, a.epochs, sets, a.runs)], key=lambda c: c['seed'])

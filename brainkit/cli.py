@@ -22,8 +22,8 @@ from .io import BrainkitError, DatasetScanError, open_dataset, samples_dir, LAYO
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_LABELS', 'describe_volume', 'lesson_notebooks', 'this_python_kernel', 'run_lessons', 'field_comments',
-           'add_config_arguments', 'parser', 'main']
+__all__ = ['log', 'MAX_LABELS', 'LIGHT', 'describe_volume', 'lesson_notebooks', 'this_python_kernel', 'run_lessons',
+           'field_comments', 'add_config_arguments', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #13f380ff
 MAX_LABELS = 64 # more distinct values than this (a FreeSurfer aseg has about 45), and a volume without a label intent holds intensities
@@ -506,20 +506,30 @@ def _translation_commands(sub):
     s.add_argument('--device', default='auto'); s.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
     s.set_defaults(func=_translate)
 
-def parser() -> argparse.ArgumentParser:
+LIGHT = ('info', 'scan', 'samples', 'lessons', 'sweep', 'results') # commands that run without torch
+
+def parser(heavy:bool=True, # also the commands whose options come from torch-based configs (segment, train, baseline, translate)
+          ) -> argparse.ArgumentParser:
     "The argument parser of the `brainkit` command."
     p = argparse.ArgumentParser(prog='brainkit', description="brainkit: brain MRI segmentation and translation kit")
     p.add_argument('--version', action='version', version=f'brainkit {__version__}')
     _global_options(p)
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for add in (_data_commands, _experiment_commands, _segment_commands, _translation_commands): add(sub)
+    for add in (_data_commands, _experiment_commands, *([_segment_commands, _translation_commands] if heavy else [])): add(sub)
     for sp in _subparsers(p): _global_options(sp, default=argparse.SUPPRESS)   # every command, however deep
     return p
+
+def _command_of(argv:list[str]) -> str|None:
+    "The command named in `argv` (its first word that is not an option: no global option takes a value)."
+    return next((a for a in argv if not a.startswith('-')), None)
+
 
 # %% ../nbs/90_cli.ipynb #07846d6d
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `brainkit` command; returns the exit code."
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # a light command (`brainkit scan DIR`) does not build the training commands' parsers, which import torch (~2 s)
+    args = parser(heavy=_command_of(argv) not in LIGHT).parse_args(argv)
     if getattr(args, 'seed', 0) is None:
         from brainkit.phantom import SEED
         args.seed = SEED

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .io import (LAYOUTS, PLANES, REGION_NAMES, BrainkitError, Subject, Volume, atomic_write_bytes, check_same_grid,
+from .io import (LAYOUTS, PLANES, REGIONS, REGION_NAMES, BrainkitError, Subject, Volume, atomic_write_bytes, check_same_grid,
                          label_regions, open_dataset, plane_axis, regions_to_labels, samples_dir)
 from .preprocess import METHODS, CropPad, Normalizer, PercentileNormalizer, brain_mask, fill_holes
 from .data import (Augment, SliceCache, SliceSet, Slicing, VolumeSet, fit_normalizers, item_rng, lr_axis, make_loader,
@@ -30,9 +30,9 @@ from .train import (Precision, Run, TrainConfig, fit, linear_decay, load_checkpo
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'THRESHOLD_GRID', 'SegSlices', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model', 'predict_regions',
-           'inside_brain', 'evaluate_segmentation', 'train_segmentation', 'threshold_dice', 'ThresholdFloor',
-           'fit_threshold_floor', 'load_segmenter', 'segment_subject']
+__all__ = ['log', 'THRESHOLD_GRID', 'SegSlices', 'TumourSampler', 'pad_to_multiple', 'SegVolumes', 'SegConfig', 'build_model',
+           'predict_regions', 'inside_brain', 'evaluate_segmentation', 'train_segmentation', 'threshold_dice',
+           'ThresholdFloor', 'fit_threshold_floor', 'floor_dice', 'load_segmenter', 'segment_subject']
 
 # %% ../nbs/07_unet.ipynb #e0163cbe
 class SegSlices(Dataset):
@@ -49,6 +49,23 @@ class SegSlices(Dataset):
         if self.augment:
             x, _, (y,) = self.augment(item_rng(self.seed, self.epoch, j), x, labels=[y], lr_axis=lr_axis(self.set.plane))
         return {'image': torch.from_numpy(x), 'regions': torch.from_numpy(label_regions(y[0]).astype(np.float32))}
+
+# %% ../nbs/07_unet.ipynb #f60ea38c
+class TumourSampler(torch.utils.data.Sampler):
+    "Each epoch as many items as `dataset` has slices: a `share` of them drawn from the slices holding tumour core."
+    def __init__(self, dataset:SegSlices, share:float, seed:int=0):
+        if not 0 <= share < 1: raise ValueError(f"tumour share must be in [0, 1), not {share}")
+        self.n, self.share, self.seed, self.epoch = len(dataset), share, seed, 0
+        core = list(REGIONS['TC'])
+        self.core = np.flatnonzero([np.isin(dataset.set.read(j, ['seg']), core).any() for j in range(self.n)])
+        if share and not len(self.core): log.warning("tumour_share %s: no training slice holds tumour core; plain shuffle", share)
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __len__(self): return self.n
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        k = int(round(self.share * self.n)) if len(self.core) else 0
+        idx = np.concatenate([rng.choice(self.core, k), rng.choice(self.n, self.n - k, replace=False)])
+        return iter(rng.permutation(idx).tolist())
 
 # %% ../nbs/07_unet.ipynb #4b3017cc
 def pad_to_multiple(shape:Sequence[int], # array shape
@@ -104,6 +121,7 @@ class SegConfig(TrainConfig):
     deep_supervision: bool = False # extra losses at coarser decoder levels
     normalization: str = 'zscore' # intensity normalization, one of brainkit.preprocess.METHODS
     bce_weight: float = 1.0 # loss = soft Dice + bce_weight * BCE
+    tumour_share: float = 0.0 # 2D: this share of each epoch's slices drawn from those holding tumour core (TumourSampler; 0: a plain shuffle)
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
     min_brain: float = 0.25 # 2D: train on slices with at least this fraction of the largest brain area
     augment: bool = True # random flips, rotations, scalings and intensity jitter
@@ -131,6 +149,8 @@ class SegConfig(TrainConfig):
             (self.patch is None or (self.dims == 3 and self.patch > 0 and self.patch % m == 0),
              f"patch {self.patch} needs dims 3 and a multiple of 2**depth = {m}"),
             (self.base >= 1, "base must be at least 1"),
+            (0 <= self.tumour_share < 1 and (self.dims == 2 or not self.tumour_share),
+             f"tumour_share {self.tumour_share} must be in [0, 1), and 0 for dims 3 (oversampling is for 2D slices)"),
             (bool(self.modalities) and len(set(self.modalities)) == len(self.modalities),
              f"modalities must be distinct, each given once (--modalities t1 t1ce ...), not {' '.join(self.modalities)}")]
         return super().problems() + [msg for ok, msg in checks if not ok]
@@ -232,7 +252,9 @@ def train_segmentation(cfg:SegConfig|Mapping, # the run's settings
                                     seed=cfg.seed, progress=progress)
         # validation volumes keep their whole grid (no crop to `size`): their Dice is the Dice of what `predict` writes
         val_ds = VolumeSet(val_s, cfg.modalities, 'seg', Slicing.of(cfg.slicing(norms), size=None), cache=cache, progress=progress) if val_s else None
-        loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, shuffle=True, seed=cfg.seed, workers=cfg.workers, device=device)
+        sampler = TumourSampler(train_ds, cfg.tumour_share, cfg.seed) if cfg.tumour_share else None
+        loader = make_loader(train_ds, cfg.batch_size if cfg.dims == 2 else 1, shuffle=True, seed=cfg.seed, workers=cfg.workers,
+                             device=device, sampler=sampler)
         model = build_model(cfg).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         prec, visuals = Precision(cfg.amp, device), {}
@@ -298,6 +320,12 @@ def fit_threshold_floor(subjects:Sequence, # training subjects with flair, t1ce 
     tw = float(grid[int(np.argmax(wt_dice))])
     et_dice = np.mean([threshold_dice(c[(f > tw) & m], r[2][(f > tw) & m], grid, int(r[2].sum())) for f, c, m, r in data], 0)
     return ThresholdFloor(tw, float(grid[int(np.argmax(et_dice))]))
+
+def floor_dice(floor:ThresholdFloor, subjects:Sequence) -> dict:
+    "The floor's mean Dice per region over `subjects` (BraTS's rule for empty regions)."
+    truth = lambda s: torch.from_numpy(label_regions(s['seg'].data.astype(np.uint8)))
+    rows = [dice_per_region(torch.from_numpy(label_regions(floor.predict(s))), truth(s)) for s in subjects]
+    return _mean_dice(rows)
 
 # %% ../nbs/07_unet.ipynb #66f85cde
 def load_segmenter(checkpoint:str|Path, # a segment run's checkpoint.pt (or its folder)
