@@ -152,8 +152,8 @@ class Clock:
 def config_of(name:str, sets:dict, seed:int) -> dict:
     "Model `name`'s config: the curves' settings, the overrides, a constant rate, no sample grids."
     cfg = {**MODELS[name]['cfg'], **sets.get('*', {}), **sets.get(name, {})}
-    return {**cfg, 'epochs': BIG, 'epochs_decay': 0, 'seed': seed, 'split_seed': 0, 'device': 'cpu', 'sample_every': 0,
-            'save_every': 1, 'workers': 0}
+    schedule = {'epochs': BIG, 'epochs_decay': 0} if 'epochs_decay' not in cfg else {}   # a set schedule: trained as set
+    return {**cfg, **schedule, 'seed': seed, 'split_seed': 0, 'device': 'cpu', 'sample_every': 0, 'save_every': 1, 'workers': 0}
 
 
 def curve(name:str, budgets:list[float], sets:dict, seed:int, runs:Path, bn_train:bool, on_point, residual:bool=False) -> dict:
@@ -185,7 +185,8 @@ def curve(name:str, budgets:list[float], sets:dict, seed:int, runs:Path, bn_trai
     epoch, last, history = 0, None, []
     for budget in sorted(budgets):
         # train whole epochs until the epoch end nearest the budget (at least one epoch, and past the previous point)
-        while epoch == 0 or clock.cpu + 0.5 * clock.cpu / epoch < budget * 60 or epoch == last:
+        # (a set schedule, `--set epochs=N epochs_decay=M`, also ends there: its rate is 0 after N + M epochs)
+        while (epoch == 0 or clock.cpu + 0.5 * clock.cpu / epoch < budget * 60 or epoch == last) and epoch < cfg.epochs + cfg.epochs_decay:
             with clock: history = fit(run, loader, m.step, epoch + 1, save_every=1, seed=cfg.seed, resume=epoch > 0,
                                       progress=False, dist=d)
             epoch += 1

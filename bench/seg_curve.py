@@ -3,12 +3,13 @@
 Writes `bench/results/seg_curve.json` and `bench/results/seg_curve.png`. Run:
 `.venv/bin/python bench/seg_curve.py [--epochs 16] [--seeds 0] [--set KEY=VALUE ...]`.
 
-One run per seed of `brainkit.segment.train_segmentation` with chapter 07's quick settings (size 96, base 16, depth 4,
-batch 16, lr 3e-3, half of each epoch's slices drawn from those with tumour core, the 0.75/0.25 split with `split_seed=0`) at a constant learning rate (`epochs_decay=0`) for
+One run per seed of `brainkit.segment.train_segmentation` with chapter 07's quick settings (size 96, base 16,
+depth 4, batch 16, lr 3e-3, half of each epoch's slices drawn from those with tumour core, the 0.75/0.25 split with
+`split_seed=0`) at a constant learning rate (`epochs_decay=0`) for
 `--epochs` epochs. The library validates after every epoch (BraTS's Dice per region on the held-out volumes, as
 `segment predict` writes them), so one run gives the whole curve: the Dice of each epoch against the training time
-spent so far. Time is the history's per-epoch training seconds (wall, torch on 2 threads, the machine otherwise idle;
-validation and data preparation not counted); the whole run's process CPU time / 2 is recorded beside it.
+spent so far. Time is the history's per-epoch training seconds (wall, torch on 2 threads; on a shared machine it
+grows with the load; validation and data preparation not counted); the whole run's process CPU time / 2 is recorded beside it.
 
 The floors, on the same held-out subjects: chance for the whole tumour (its share of the brain), and chapter 07's
 threshold floor (FLAIR for WT, T1ce for ET/TC, fitted on the run's training subjects). `checks` in the JSON say, per
@@ -78,7 +79,8 @@ def outputs(run:Path, val_ids:set) -> dict:
         for c, name in enumerate(REGION_NAMES):
             if r[c].any(): inside[name].append(float(np.median(p[c][r[c]])))
             outside[name].append(float(np.median(p[c][brain])))
-    return {name: {'median p inside': round(float(np.median(inside[name])), 4), 'range inside': [round(min(inside[name]), 4), round(max(inside[name]), 4)],
+    return {name: {'median p inside': round(float(np.median(inside[name])), 4) if inside[name] else None,
+                   'range inside': [round(min(inside[name]), 4), round(max(inside[name]), 4)] if inside[name] else None,
                    'median p outside the tumour': round(float(np.median(outside[name])), 4)} for name in REGION_NAMES}
 
 

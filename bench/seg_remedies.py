@@ -4,13 +4,15 @@ change each, on the seeds whose TC/ET had not passed the threshold floor within 
 Every remedy but one is a `SegConfig` setting, passed through to `seg_curve.py` (`--set KEY=VALUE`); the Dice
 weights per region are not a brainkit setting, so `--dice-weights` patches the loss for this process only:
 
-    .venv/bin/python bench/seg_remedies.py --name "bce_weight 0" -- --epochs 1 --seeds 2 3 4 --set bce_weight=0
+    .venv/bin/python bench/seg_remedies.py --name "bce_weight 0" -- --epochs 2 --seeds 2 3 --set bce_weight=0
     .venv/bin/python bench/seg_remedies.py --name "batch 8" -- --epochs 1 --seeds 2 3 4 --set batch_size=8
-    .venv/bin/python bench/seg_remedies.py --name "lr 1e-2" -- --epochs 1 --seeds 2 3 4 --set lr=0.01
+    .venv/bin/python bench/seg_remedies.py --name "lr 1e-2 with tumour_share 0.5" -- --epochs 1 --seeds 2 3 4 \
+        --set lr=0.01 tumour_share=0.5
     .venv/bin/python bench/seg_remedies.py --name "Dice weights 1 2 2" --dice-weights 1 2 2 -- --epochs 1 --seeds 2 3 4
-    .venv/bin/python bench/seg_remedies.py --name "tumour_share 0.5" -- --epochs 1 --seeds 2 3 4 --set tumour_share=0.5
+    .venv/bin/python bench/seg_remedies.py --name "tumour_share 0.5" -- --epochs 3 --seeds 2 3 4 --set tumour_share=0.5
 
-(every run also sets `tumour_share=0`, the plain shuffle, unless the remedy is the share itself). Each run is
+(every run also sets `tumour_share=0`, the plain shuffle, unless it sets the share itself). The recorded
+`tumour_share 0.5` entry predates the sampler's fresh augmentation of repeated slices (see the JSON's note). Each run is
 recorded under its name in `results/seg_remedies.json` (the curves `seg_curve.py` wrote, and the command).
 """
 from __future__ import annotations

@@ -520,8 +520,10 @@ def parser(heavy:bool=True, # also the commands whose options come from torch-ba
     return p
 
 def _command_of(argv:list[str]) -> str|None:
-    "The command named in `argv` (its first word that is not an option: no global option takes a value)."
-    return next((a for a in argv if not a.startswith('-')), None)
+    "The command `argv` names, if only global options (`-q`) come before it; else None (e.g. `--help scan`)."
+    for a in argv:
+        if a not in ('-q', '--quiet'): return None if a.startswith('-') else a
+    return None
 
 
 # %% ../nbs/90_cli.ipynb #07846d6d

@@ -580,9 +580,11 @@ class Augment:
         return inputs, [warp(o, False) for o in others], [warp(l, True) for l in labels]
 
 # %% ../nbs/05_data.ipynb #635d8579
-def item_rng(seed:int, epoch:int, j:int) -> np.random.Generator:
+def item_rng(seed:int, epoch:int, j:int,
+             draw:int=0, # a sampler that draws item `j` again in one epoch numbers its repeats 1, 2, ...
+            ) -> np.random.Generator:
     "The random generator of item `j` in `epoch`: reproducible, and the same whichever DataLoader worker reads the item."
-    return np.random.default_rng([seed, epoch, int(j)])
+    return np.random.default_rng([seed, epoch, int(j), *([int(draw)] if draw else [])])
 
 def lr_axis(plane:str) -> int|None:
     "The in-plane axis of a cached slice that runs left-right (None for sagittal slices)."

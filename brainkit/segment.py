@@ -44,15 +44,18 @@ class SegSlices(Dataset):
         self.set = SliceSet(subjects, [*self.modalities, 'seg'], slicing, cache=cache, progress=progress, **slicing_fields)
     def __len__(self): return len(self.set)
     def set_epoch(self, epoch:int): self.epoch = epoch
-    def __getitem__(self, j:int) -> dict:
+    def __getitem__(self, j:int|tuple) -> dict:
+        j, draw = j if isinstance(j, tuple) else (j, 0)          # (slice, repeat): a TumourSampler's second draw of it, ...
         x, y = self.set.read(j, self.modalities), self.set.read(j, ['seg'])
-        if self.augment:
-            x, _, (y,) = self.augment(item_rng(self.seed, self.epoch, j), x, labels=[y], lr_axis=lr_axis(self.set.plane))
+        if self.augment:                                          # each repeat augmented anew
+            x, _, (y,) = self.augment(item_rng(self.seed, self.epoch, j, draw), x, labels=[y], lr_axis=lr_axis(self.set.plane))
         return {'image': torch.from_numpy(x), 'regions': torch.from_numpy(label_regions(y[0]).astype(np.float32))}
 
 # %% ../nbs/07_unet.ipynb #f60ea38c
 class TumourSampler(torch.utils.data.Sampler):
-    "Each epoch as many items as `dataset` has slices: a `share` of them drawn from the slices holding tumour core."
+    """Each epoch as many items as `dataset` has slices: a `share` of them drawn (with replacement) from the slices
+    holding tumour core, the rest a random choice without replacement among all slices, so an epoch is no longer one
+    pass over every slice. A slice drawn again in the epoch comes as `(j, repeat)`, which `SegSlices` augments anew."""
     def __init__(self, dataset:SegSlices, share:float, seed:int=0):
         if not 0 <= share < 1: raise ValueError(f"tumour share must be in [0, 1), not {share}")
         self.n, self.share, self.seed, self.epoch = len(dataset), share, seed, 0
@@ -65,7 +68,10 @@ class TumourSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         k = int(round(self.share * self.n)) if len(self.core) else 0
         idx = np.concatenate([rng.choice(self.core, k), rng.choice(self.n, self.n - k, replace=False)])
-        return iter(rng.permutation(idx).tolist())
+        seen = {}
+        for j in rng.permutation(idx).tolist():
+            seen[j] = r = seen.get(j, -1) + 1
+            yield j if r == 0 else (j, r)
 
 # %% ../nbs/07_unet.ipynb #4b3017cc
 def pad_to_multiple(shape:Sequence[int], # array shape
@@ -323,6 +329,7 @@ def fit_threshold_floor(subjects:Sequence, # training subjects with flair, t1ce 
 
 def floor_dice(floor:ThresholdFloor, subjects:Sequence) -> dict:
     "The floor's mean Dice per region over `subjects` (BraTS's rule for empty regions)."
+    if not subjects: raise ValueError("floor_dice needs at least one subject with flair, t1ce and seg")
     truth = lambda s: torch.from_numpy(label_regions(s['seg'].data.astype(np.uint8)))
     rows = [dice_per_region(torch.from_numpy(label_regions(floor.predict(s))), truth(s)) for s in subjects]
     return _mean_dice(rows)
