@@ -28,19 +28,16 @@ import seg_curve  # noqa: E402  (sets the thread environment before torch loads)
 from _common import RESULTS_DIR  # noqa: E402
 from curves import write_json  # noqa: E402
 
-import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import brainkit.segment as S  # noqa: E402
+from brainkit.losses import soft_dice_loss  # noqa: E402
 
 
 def weighted_dice_bce(weights):
-    "Soft Dice with these weights per region (mean over them), plus the BCE as in brainkit.losses.dice_bce_loss."
+    "brainkit.losses.dice_bce_loss with its soft Dice weighted per region (a weighted mean of each channel's Dice loss)."
     def loss(logits, target, bce_weight=1.0, smooth=1.0):
-        p, t = torch.sigmoid(logits), target.to(logits.dtype)
-        dims = [0, *range(2, logits.ndim)]
-        dice = 1 - (2 * (p * t).sum(dims) + smooth) / (p.sum(dims) + t.sum(dims) + smooth)
-        w = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
-        return (dice * w).sum() / w.sum() + bce_weight * F.binary_cross_entropy_with_logits(logits, t)
+        dice = sum(w * soft_dice_loss(logits[:, c:c + 1], target[:, c:c + 1], smooth) for c, w in enumerate(weights))
+        return dice / sum(weights) + bce_weight * F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
     return loss
 
 
