@@ -64,7 +64,7 @@ class Check(NamedTuple):
     asserted: str|None = None  # a fragment of the notebook's assert line (whitespace-insensitive): guards against drift
 
 
-# How to add a notebook (09_pix2pix, 10_cyclegan, 11_translate, 12_metrics, 13_compare, ...):
+# How to add a notebook (09_pix2pix, 10_cyclegan, 11_translate, 12_metrics, 15_table1, ...):
 #   1. Give its `parameters` cell a seed (`seed = 0`), and make everything it trains derive from it.
 #   2. Add an entry below: SPECS['NN_name'] = {'path': 'nbs/NN_name.ipynb', 'seed': '<the parameter's name>',
 #      'checks': [Check(...), ...]}, optionally 'params': {...} (other parameters for every run) and 'timeout'
@@ -178,12 +178,13 @@ SPECS['12_metrics'] = {'path': 'nbs/12_metrics.ipynb', 'seed': 'seed', 'checks':
     Check('consistency: min anisotropy excess over subjects', "min(c['anisotropy_excess'] for c in cons.values())", None),
     Check('consistency: max anisotropy excess over subjects', "max(c['anisotropy_excess'] for c in cons.values())", None)]}
 
-for _model in ('pix2pix', 'cyclegan'):   # the main job's two trained rows (13_compare; the baselines have no seed to vary)
-    SPECS[f'13_compare:{_model}'] = {'path': 'nbs/13_compare.ipynb', 'seed': 'seed', 'params': {'model': _model, 'fid_weights': 'none'},
-                                     'checks': [Check(f'oracle {k} (mean over held-out)', f"np.mean([p['{k}'] for p in paired.values()])", None)
-                                                for k in ('ssim', 'psnr', 'mae')]
-                                     + [Check('consistency excess (mean)', 'np.mean(list(cons.values()))', None),
-                                        Check('tissue W1, mean', 'np.mean(list(w1.values()))', None)]}
+for _strategy in ('hybrid', 'unpaired', 'paired'):   # the main job's learned rows (15_table1, t2; the classical ones have no seed)
+    SPECS[f'15_table1:{_strategy}'] = {'path': 'nbs/15_table1.ipynb', 'seed': 'seed',
+                                       'params': {'strategy': _strategy, 'fid_weights': 'none', 'write_dataset': False},
+                                       'checks': [Check(f't2 oracle {k} (mean over held-out)', f"scores['t2']['oracle']['{k}']", None)
+                                                  for k in ('ssim', 'psnr', 'mae')]
+                                       + [Check('t2 consistency excess (mean)', "scores['t2']['consistency_excess']", None),
+                                          Check('t2 tissue W1, mean', "scores['t2']['tissue_w1']['mean']", None)]}
 
 # A test that asserts a trained outcome is measured the same way: `script` names a function of SCRIPTS that trains
 # what the test trains, with the test's own settings and the given seed, and returns the variables its checks read.

@@ -387,6 +387,25 @@ def _results(args) -> int:
     from brainkit.experiments import collect_results
     return _print_results(collect_results(args.run_dir))
 
+def _strategies_table(args) -> int:
+    "Print (and write as table1.md) the report's Table 1 from a strategies sweep's runs (chapter 14)."
+    from brainkit.experiments import collect_results
+    from brainkit.io import atomic_write_bytes
+    from brainkit.strategies import TARGETS, report_markdown
+    res = collect_results(args.run_dir, columns=['*'], write=False)
+    if 'strategy' not in res.params:
+        raise BrainkitError(res.folder, "is not a sweep of strategies (its runs have no `strategy` parameter)",
+                            "give the folder of a sweep of nbs/15_table1.ipynb, e.g. runs/strategies")
+    targets = [t for t in TARGETS if f'{t}.oracle.mae' in res.metrics] + \
+              sorted({m.split('.')[0] for m in res.metrics if m.endswith('.oracle.mae')} - set(TARGETS))
+    notes = sorted({r['fid_note'] for r in res.rows if isinstance(r.get('fid_note'), str)})
+    text = report_markdown(res.rows, targets, fid_note='; '.join(n.splitlines()[0] for n in notes) or None)
+    atomic_write_bytes(res.folder/'table1.md', (text + '\n').encode())
+    print(text); print(f"\n(written to {res.folder/'table1.md'})")
+    bad = res.failed()
+    for r in bad: print(f"{r['status']}: {r['run']}: {r.get('error') or 'no error recorded'}", file=sys.stderr)
+    return 1 if bad else 0
+
 # %% ../nbs/90_cli.ipynb #6bafcc74
 def _global_options(p:argparse.ArgumentParser, default=False) -> argparse.ArgumentParser:
     "Add the options every command takes, before or after its name (`brainkit -q scan DIR` or `brainkit scan DIR -q`)."
@@ -457,6 +476,11 @@ def _experiment_commands(sub):
     s = sub.add_parser('results', help="rebuild a sweep's results table and figure from its run folders, and print the table")
     s.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (or a folder of run folders)")
     s.set_defaults(func=_results)
+    s = sub.add_parser('strategies', help="the report's strategies (chapter 14): `strategies table RUN_DIR` prints Table 1 from a sweep's runs")
+    ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
+    t = ss.add_parser('table', help="Table 1 by the truth and by each distribution metric, and their rank agreement, from a sweep of 15_table1")
+    t.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (the main job's: runs/strategies)")
+    t.set_defaults(func=_strategies_table)
 
 def _segment_commands(sub):
     "`segment train` and `segment predict`."
@@ -506,7 +530,7 @@ def _translation_commands(sub):
     s.add_argument('--device', default='auto'); s.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
     s.set_defaults(func=_translate)
 
-LIGHT = ('info', 'scan', 'samples', 'lessons', 'sweep', 'results') # commands that run without torch
+LIGHT = ('info', 'scan', 'samples', 'lessons', 'sweep', 'results', 'strategies') # commands that run without torch
 
 def parser(heavy:bool=True, # also the commands whose options come from torch-based configs (segment, train, baseline, translate)
           ) -> argparse.ArgumentParser:
