@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'GZIP_MAGIC', 'GZIP_MAX_RATIO', 'BRATS_LABELS', 'REGIONS',
            'REGION_NAMES', 'STALE_TEMP_AGE_S', 'PLANES', 'MODALITIES', 'LABEL_KEYS', 'BRATS4', 'LAYOUTS',
-           'DATASET_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
+           'DATASET_FILE', 'WRITING_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
            'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
            'LabelValueError', 'DatasetLayoutError', 'BrokenLinkError', 'DatasetScanError', 'WriteError', 'human_bytes',
            'orientation', 'canonical', 'decanonical', 'oblique_angle', 'Volume', 'is_nifti_path', 'open_nifti',
@@ -804,6 +804,7 @@ def _score(root:Path, names:list[str]) -> dict[str, int]:
 
 # %% ../nbs/00_io.ipynb #6ff9b3fd
 DATASET_FILE = 'brainkit-dataset.json'  # at the root of a dataset brainkit wrote: its layout, and what made it
+WRITING_FILE = '.brainkit-writing'  # at the root of a dataset while brainkit writes it (left behind if the writing stopped)
 
 def write_dataset_file(root:str|Path, # the dataset's folder
                        layout:str, # one of `LAYOUTS`: how its subjects and files are named
@@ -970,6 +971,9 @@ def open_dataset(root:str|Path, # the dataset folder
         raise DatasetLayoutError(root, "does not exist" if not root.exists() else "is not a folder",
                                  "point to the dataset's folder")
     elif dataset not in ('subjects', 'folder') and _is_subject(LAYOUTS[dataset], root): root = root.parent
+    if (root/WRITING_FILE).exists():
+        raise DatasetLayoutError(root, f"is a dataset that brainkit is writing, or whose writing stopped halfway ({WRITING_FILE} is there)",
+                                 "wait for the command that writes it to finish, or run it again to complete the dataset")
     layout = LAYOUTS[dataset]
     subs, missing = discover(root, layout, modality), _unreachable(root, layout)
     if root != given and layout.match(given.name):  # one subject's folder

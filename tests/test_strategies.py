@@ -14,7 +14,7 @@ from brainkit.cyclegan import CycleGANConfig
 from brainkit.data import split_subjects
 from brainkit.io import DATASET_FILE, load_volume, open_dataset, samples_dir
 from brainkit.preprocess import brain_mask
-from brainkit.strategies import (MODEL_METRICS, REPORT, STRATEGIES, Chain, ModelSpec, Step, Strategy, StrategyError, _train,
+from brainkit.strategies import (MODEL_METRICS, REPORT, TRAINED, STRATEGIES, Chain, ModelSpec, Step, Strategy, StrategyError, _train,
                                  ensure_models, flat_rows, get_strategy, model_config, model_key, models_needed, oracle_dir,
                                  rank_agreement, report_conclusion_holds, report_markdown, score_strategy, table1,
                                  write_strategy_dataset)
@@ -103,6 +103,7 @@ def test_finished_models_are_reused_and_a_failed_one_is_retried(tmp_path):
     spy = Spy()
     first = ensure_models(specs, tmp_path, train=spy, progress=False)
     assert len(spy.calls) == len(specs) == 3 and all((v/MODEL_METRICS).is_file() for v in first.values())
+    assert all(json.loads((v/TRAINED).read_text())['seconds'] >= 0 for v in first.values())   # what the benchmark sums
     again = Spy(); assert ensure_models(specs, tmp_path, train=again, progress=False) == first and again.calls == []
     more = Spy(); ensure_models(models_needed(CLASSICAL, ['t2', 't1ce']), tmp_path, train=more, progress=False)
     assert [str(s) for s in more.calls] == ['lookup t1->t1ce', 'none t1->t1ce']     # histmatch t1 -> t1 serves both targets
@@ -173,6 +174,11 @@ def test_a_strategy_dataset_is_a_brats_2021_dataset_with_provenance(tmp_path, hc
     assert about['layout'] == 'brats2021' and about['subjects'] == {subjects[0].id: 'BraTS2021_70000', subjects[1].id: 'BraTS2021_70001'}
     r = brainkit_cli('scan', str(out), '--modalities', 't1', 't2', 't1ce', 'seg')
     assert r.returncode == 0, r.stderr
+    from brainkit.strategies import compare_figure, dataset_volume
+    np.testing.assert_array_equal(dataset_volume(out, src.id, 't2').data, s.load(['t2'])['t2'].data)
+    with pytest.raises(StrategyError, match='holds no translation of HCP subject'): dataset_volume(out, '999999', 't2')
+    fig = compare_figure({'histmatch+lookup': out}, src, 't1ce', oracle_dir(), path=tmp_path/'cmp.png')
+    assert len(fig.axes) == 3 * 3 and (tmp_path/'cmp.png').is_file()          # input, the dataset's t1ce, the oracle
     none = write_strategy_dataset(tmp_path/'none', 'none', subjects[:1], Chain(models, oracle_dir()), ['t2'], progress=False)
     np.testing.assert_array_equal(open_dataset(none)[0].load(['t1'])['t1'].data, subjects[0]['t1'].data)   # no t1 step: the input
 
@@ -222,3 +228,60 @@ def test_table1_and_rank_agreement_from_a_sweep(tmp_path):
     assert table1(rows, 'oracle.ssim', ['paired', 'none'], ['t2']).splitlines()[2] == '| t2 | 0.800 ± 0.000 (3) |  |'
     r = brainkit_cli('strategies', 'table', str(tmp_path/'nothing'))
     assert r.returncode == 1 and 'no such folder' in r.stderr
+
+
+def test_real_data_has_no_oracle_and_still_gets_the_distribution_scores(classical, held, tmp_path):
+    "Real HCP has no truth: the oracle scores are left out (not faked), W1 and consistency (against the input) remain."
+    _, models = classical
+    chain = Chain(models, oracle=None)
+    got = score_strategy('histmatch+lookup', chain, held, ['t2'], {}, list(open_dataset(samples_dir('brats'))))['t2']
+    assert got['oracle'] is None and got['oracle_slices'] is None and got['tissue_w1']['mean'] > 0 and got['consistency_excess'] > 0
+    assert 'no oracle' in score_strategy('upper', Chain({**models}, oracle=None), held, ['t2'], {}, [])['t2']['error']
+    from brainkit.strategies import example_slices, three_planes
+    fig = example_slices(held[0], ['lookup'], 't2', chain, path=tmp_path/'ex.png')
+    assert len(fig.axes) == 3 * 2 and (tmp_path/'ex.png').is_file()            # input and strategy: no oracle column
+    assert len(three_planes(held[0], ['lookup'], 't2', chain).axes) == 3
+    runs = [({'strategy': s, 'seed': 0}, {'strategy': s, 'seed': 0, 'n_held_out': 2,
+              't2': {'oracle': None, 'tissue_w1': {'mean': w}, 'consistency_excess': 1.0}})
+            for s, w in (('hybrid', 0.2), ('unpaired', 0.3), ('paired', 0.1))]
+    _fake_sweep(tmp_path/'real', runs)
+    r = brainkit_cli('strategies', 'table', str(tmp_path/'real'))
+    assert r.returncode == 0, r.stderr
+    assert 'No oracle scores' in r.stdout and '| t2 | 0.200 (1) | 0.300 (1) | 0.100 (1) |' in r.stdout and '2 held-out HCP brains' in r.stdout
+
+
+def test_a_chain_is_checked_for_every_target_it_is_asked_for(classical, held, tmp_path):
+    _, models = classical
+    fixed = Strategy('t2 only', (Step('lookup', 't1', 't2'),))       # valid for t2, wrong for anything else
+    with pytest.raises(StrategyError, match='writes t2, not the target flair'): models_needed([fixed], ['t2', 'flair'])
+    with pytest.raises(StrategyError, match='writes t2, not the target t1ce'):
+        write_strategy_dataset(tmp_path/'x', fixed, held, Chain(models, oracle_dir()), ['t2', 't1ce'], progress=False)
+    assert not (tmp_path/'x').exists()                              # refused before anything was written
+
+
+def test_a_strategy_dataset_folder_is_rewritten_whole_and_a_foreign_one_refused(classical, hcp, tmp_path):
+    _, models = classical
+    chain, subjects = Chain(models, oracle_dir()), list(hcp)[:3]
+    out = write_strategy_dataset(tmp_path/'ds', 'lookup', subjects, chain, ['t2'], progress=False)
+    assert open_dataset(out).ids == ['BraTS2021_70000', 'BraTS2021_70001', 'BraTS2021_70002']
+    write_strategy_dataset(out, 'lookup', subjects[:1], chain, ['t2'], progress=False)    # fewer subjects this time
+    assert open_dataset(out).ids == ['BraTS2021_70000'] and not (out/'.brainkit-writing').exists()
+    seg = json.loads(sidecar_path(out/'BraTS2021_70000'/'BraTS2021_70000_seg.nii.gz').read_text())
+    assert seg['modality'] == 'seg' and seg['hcp_subject'] == subjects[0].id
+    mine = tmp_path/'my_data'; (mine/'BraTS2021_00001').mkdir(parents=True); (mine/'notes.txt').write_text('mine')
+    with pytest.raises(StrategyError, match='not a dataset that brainkit wrote'):
+        write_strategy_dataset(mine, 'lookup', subjects[:1], chain, ['t2'], progress=False)
+    assert (mine/'BraTS2021_00001').is_dir() and (mine/'notes.txt').read_text() == 'mine'
+    up = write_strategy_dataset(tmp_path/'up', 'none', subjects[:1], chain, ['t2'], progress=False)
+    t1 = json.loads(sidecar_path(up/'BraTS2021_70000'/'BraTS2021_70000_t1.nii.gz').read_text())
+    assert t1['input_file'] == str(subjects[0].path('t1'))          # the file the t1 really is
+
+
+def test_a_dataset_whose_writing_stopped_is_refused_by_the_readers(classical, hcp, tmp_path):
+    _, models = classical
+    out = write_strategy_dataset(tmp_path/'ds', 'lookup', list(hcp)[:1], Chain(models, oracle_dir()), ['t2'], progress=False)
+    (out/'.brainkit-writing').touch()                                # as a killed write leaves it
+    from brainkit.io import DatasetLayoutError
+    with pytest.raises(DatasetLayoutError, match='writing stopped halfway'): open_dataset(out)
+    write_strategy_dataset(out, 'lookup', list(hcp)[:1], Chain(models, oracle_dir()), ['t2'], progress=False)   # rerun: whole again
+    assert open_dataset(out).ids == ['BraTS2021_70000']
