@@ -485,7 +485,7 @@ def _data_commands(sub):
 
 # %% ../nbs/90_cli.ipynb #118ed6b1
 def _experiment_commands(sub):
-    "`lessons`, `sweep` and `results`: notebooks as experiments."
+    "`lessons`, `sweep`, `results` and `strategies table`: notebooks as experiments."
     s = sub.add_parser('lessons', help="execute every lesson notebook with papermill into runs/lessons/")
     s.add_argument('--nbs', default='nbs', help='folder of the notebooks'); s.add_argument('--out', default='runs/lessons')
     s.add_argument('--only', nargs='+', help='run only notebooks whose names start with these (e.g. 00 01_phantom)')
