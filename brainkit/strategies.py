@@ -141,7 +141,7 @@ def model_config(spec:ModelSpec, seed:int=0, # the training's seed (the subject 
                  settings:Mapping|None=None, # per kind: config fields over `QUICK`, e.g. {'pix2pix': {'epochs': 20}}
                  hcp:str|None=None, brats:str|None=None, # the HCP and BraTS folders (None: the samples)
                  device:str='auto'):
-    "The training config of `spec`: a `Pix2PixConfig`, a `CycleGANConfig`, a `BaselineConfig`, or None for `none`."
+    "The training config of `spec`: a `Pix2PixConfig`, a `CycleGANConfig`, or a `BaselineConfig` (classical kinds, `none` included)."
     over = dict((settings or {}).get(spec.kind, {}))
     if spec.kind == 'pix2pix':
         return Pix2PixConfig(**{**QUICK['pix2pix'], 'data': brats, 'sources': (spec.source,), 'target': spec.target, 'seed': seed,
@@ -150,13 +150,12 @@ def model_config(spec:ModelSpec, seed:int=0, # the training's seed (the subject 
         ident = IDENTITY_SAME_CONTRAST if spec.source == spec.target else 0.0
         return CycleGANConfig(**{**QUICK['cyclegan'], 'a_data': hcp, 'b_data': brats, 'a_modality': spec.source, 'b_modality': spec.target,
                                  'lambda_identity': ident, 'seed': seed, 'split_seed': 0, 'sample_every': 0, 'device': device, **over})
-    if spec.kind in ('lookup', 'histmatch'): return BaselineConfig(**{'data': brats, 'source': spec.source, 'target': spec.target, **over})
-    if spec.kind == 'none': return None
+    if spec.kind in ('lookup', 'histmatch', 'none'): return BaselineConfig(**{'data': brats, 'source': spec.source, 'target': spec.target, **over})
     raise StrategyError(f'model {spec}', f"has an unknown kind {spec.kind!r}", f"use one of {', '.join(KINDS)}")
 
 def model_key(spec:ModelSpec, cfg) -> str:
     "The folder name of a trained model: kind, modalities, seed (learned kinds) and a hash of every setting that shapes it."
-    d = {} if cfg is None else {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
     h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
     seed = f"_seed{cfg.seed}" if spec.kind in LEARNED else ''
     return f"{spec.kind}_{spec.source}-{spec.target}{seed}_{h}"
@@ -172,9 +171,7 @@ def finished(folder:str|Path) -> bool:
 def _train(spec:ModelSpec, cfg, folder:Path, progress:bool):
     if spec.kind == 'pix2pix': train_pix2pix(cfg, folder, progress=progress)
     elif spec.kind == 'cyclegan': train_cyclegan(cfg, folder, progress=progress)
-    elif spec.kind in ('lookup', 'histmatch'): fit_baseline_run(spec.kind, cfg, folder)
-    else:                                                          # 'none': a baseline file like any other
-        fit_baseline_run('none', BaselineConfig(source=spec.source, target=spec.target, data=None), folder)
+    else: fit_baseline_run(spec.kind, cfg, folder)                 # a classical kind ('none' too: a baseline file like any other)
 
 def ensure_models(specs:Sequence[ModelSpec], # from `models_needed`
                   root:str|Path, # the models folder, shared by every strategy and run
