@@ -51,7 +51,7 @@ def one(workers:int, quick:bool, tmp:Path) -> dict:
         m = json.loads((res.folder/r['run']/'out'/'metrics.json').read_text()) if r['status'] == 'done' else {}
         rows.append({'run': r['run'], 'status': r['status'], 'seconds': r['seconds'], **(m.get('seconds') or {}),
                      'models': list(m.get('models', {}))})
-    trained = {json.loads(p.read_text())['model']: json.loads(p.read_text())['seconds'] for p in models.glob(f'*/{TRAINED}')}
+    trained = {p.parent.name: json.loads(p.read_text())['seconds'] for p in sorted(models.glob(f'*/{TRAINED}'))}   # per model folder (seed and settings in its name)
     return {'workers': workers, 'wall_s': round(wall, 1), 'runs': rows, 'failed': [r['run'] for r in rows if r['status'] != 'done'],
             'model_train_s': trained, 'models_dir': str(models)}
 
@@ -95,13 +95,23 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true', help='one target (t2) and seed 0 only')
     ap.add_argument('--workers', nargs='+', type=int, default=[2, 1])
     ap.add_argument('--keep', type=Path, default=None, help='write the sweeps here and keep them (e.g. runs/bench-strategies), for their tables')
+    ap.add_argument('--recompute', type=Path, default=None, metavar='KEPT',
+                    help='recompute the model-reuse figures of results/strategies.json from the models folders kept in KEPT (no sweep is run)')
     a = ap.parse_args(argv)
     out = {}
+    if a.recompute is not None:
+        prev = json.loads((REPO_DIR/'bench'/'results'/'strategies.json').read_text())
+        for w, m in prev['by_workers'].items():
+            models = a.recompute.resolve()/f'models-{w}'
+            m['model_train_s'] = {p.parent.name: json.loads(p.read_text())['seconds'] for p in sorted(models.glob(f'*/{TRAINED}'))}
+            m['reuse'] = reuse({**m, 'models_dir': str(models)})
+            print(w, json.dumps(m['reuse']))
+        out, a.quick = {int(w): m for w, m in prev['by_workers'].items()}, prev['quick']
     if a.keep is not None and a.keep.exists() and any(a.keep.iterdir()):
         sys.exit(f"{a.keep} is not empty: the benchmark needs fresh sweep and models folders; remove it or give another --keep")
     with tempfile.TemporaryDirectory(prefix='bench-strategies-') as tmp:
         tmp = a.keep.resolve() if a.keep is not None else Path(tmp)
-        for w in a.workers:
+        for w in ([] if a.recompute is not None else a.workers):
             print(f"sweep with {w} worker(s) ...", flush=True)
             m = one(w, a.quick, tmp)
             out[w] = {**{k: v for k, v in m.items() if k != 'models_dir'}, **shares(m), 'reuse': reuse(m)}
@@ -112,7 +122,7 @@ def main(argv=None):
         checks.append(check('model reuse: share of the training time saved (2 workers)', out[2]['reuse']['saving'] or 0, 0.3, '', True))
     if 1 in out and 2 in out:
         checks.append(check('speedup of 2 workers over 1', out[1]['wall_s'] / out[2]['wall_s'], 1.1, 'x', True))
-    write_result('strategies', {'quick': a.quick, 'sweep': str(SWEEP.relative_to(REPO_DIR)), 'by_workers': out, 'checks': checks})
+    write_result('strategies', {'quick': a.quick, **({'reuse_recomputed_from': str(a.recompute)} if a.recompute else {}), 'sweep': str(SWEEP.relative_to(REPO_DIR)), 'by_workers': out, 'checks': checks})
     print(format_checks(checks))
 
 

@@ -405,15 +405,15 @@ def _strategy_figures(res, rows, targets):
         compare_figure({r['strategy']: res.folder/r['run']/'out'/'dataset' for r in runs}, subject, t, oracle_dir(hcp or None), path=path)
         print(f"{path}: the strategies' {t} side by side (seed {first}, held-out HCP brain {sid})")
 
-def _strategies_table(args) -> int:
+def _table1(run_dir) -> int:
     "Print (and write as table1.md) the report's Table 1 from a strategies sweep's runs (chapter 14)."
     from brainkit.experiments import collect_results
     from brainkit.io import atomic_write_bytes
     from brainkit.strategies import TARGETS, report_markdown
-    res = collect_results(args.run_dir, columns=['*'], write=False)
+    res = collect_results(run_dir, columns=['*'], write=False)
     if 'strategy' not in res.params:
         raise BrainkitError(res.folder, "is not a sweep of strategies (its runs have no `strategy` parameter)",
-                            "give the folder of a sweep of nbs/15_table1.ipynb, e.g. runs/strategies")
+                            "give the folder of a sweep of run_strategy or nbs/15_table1.ipynb, e.g. runs/strategies")
     found = {m.split('.')[0] for m in res.metrics if m.endswith(('.tissue_w1.mean', '.oracle.mae', '.error'))}   # (real data: no oracle)
     targets = [t for t in TARGETS if t in found] + sorted(found - set(TARGETS))
     rows = [{**r, 'strategy': r.get('metrics.strategy') or r['strategy']} for r in res.rows]   # (a strategy given as steps: its name)
@@ -428,6 +428,23 @@ def _strategies_table(args) -> int:
     bad = res.failed()
     for r in bad: print(f"{r['status']}: {r['run']}: {r.get('error') or 'no error recorded'}", file=sys.stderr)
     return 1 if bad else 0
+
+def _strategies_table(args) -> int: return _table1(args.run_dir)
+
+def _strategies_run(args) -> int:
+    "Run the main job's sweep of `run_strategy` (or the sweep file given), skipping what finished; then print Table 1."
+    from brainkit.experiments import load_sweep, run_sweep, sweep_from_dict
+    from brainkit.strategies import MAIN_JOB
+    if args.show:
+        import yaml
+        print(f"# brainkit {__version__}: the main job's sweep (chapter 14's MAIN_JOB). Save it, edit it (data paths, settings, "
+              "runs), and run it with `brainkit strategies run --config FILE`; relative paths start in the file's folder.")
+        print(yaml.safe_dump(MAIN_JOB, sort_keys=False, width=120), end='')
+        return 0
+    sw = load_sweep(args.config) if args.config else sweep_from_dict(MAIN_JOB, name='strategies')
+    res = run_sweep(sw, workers=args.workers, out=args.out, progress=not args.quiet, timeout=args.timeout)
+    print(f"{len(res.rows) - len(res.failed())} of {len(res.rows)} runs finished in {res.folder}\n")
+    return _table1(res.folder)
 
 # %% ../nbs/90_cli.ipynb #6bafcc74
 def _global_options(p:argparse.ArgumentParser, default=False) -> argparse.ArgumentParser:
@@ -485,7 +502,7 @@ def _data_commands(sub):
 
 # %% ../nbs/90_cli.ipynb #118ed6b1
 def _experiment_commands(sub):
-    "`lessons`, `sweep`, `results` and `strategies table`: notebooks as experiments."
+    "`lessons`, `sweep`, `results`, `strategies run` and `strategies table`: notebooks and functions as experiments."
     s = sub.add_parser('lessons', help="execute every lesson notebook with papermill into runs/lessons/")
     s.add_argument('--nbs', default='nbs', help='folder of the notebooks'); s.add_argument('--out', default='runs/lessons')
     s.add_argument('--only', nargs='+', help='run only notebooks whose names start with these (e.g. 00 01_phantom)')
@@ -499,9 +516,16 @@ def _experiment_commands(sub):
     s = sub.add_parser('results', help="rebuild a sweep's results table and figure from its run folders, and print the table")
     s.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (or a folder of run folders)")
     s.set_defaults(func=_results)
-    s = sub.add_parser('strategies', help="the report's strategies (chapter 14): `strategies table RUN_DIR` prints Table 1 from a sweep's runs")
+    s = sub.add_parser('strategies', help="the report's strategies (chapter 14): `strategies run` runs the main job, `strategies table RUN_DIR` prints Table 1")
     ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
-    t = ss.add_parser('table', help="Table 1 by the truth and by each distribution metric, and their rank agreement, from a sweep of 15_table1")
+    r = ss.add_parser('run', help="train what is missing, score every strategy, write their datasets (the main job, no notebook needed); print Table 1")
+    r.add_argument('--config', default=None, help="a sweep file of brainkit.strategies:run_strategy (see --show) or of 15_table1 (default: the main job)")
+    r.add_argument('--show', action='store_true', help="print the main job's sweep as YAML, to save and edit for --config, and exit")
+    r.add_argument('--workers', type=_positive, default=None, help="runs at the same time (default: the sweep's `workers`)")
+    r.add_argument('--out', default=None, help="the sweep's folder (default: the sweep's `out`: runs/strategies)")
+    r.add_argument('--timeout', type=float, default=None, help='seconds allowed per run (default: no limit)')
+    r.set_defaults(func=_strategies_run)
+    t = ss.add_parser('table', help="Table 1 by the truth and by each distribution metric, and their rank agreement, from a sweep of the strategies")
     t.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (the main job's: runs/strategies)")
     t.set_defaults(func=_strategies_table)
 

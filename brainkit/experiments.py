@@ -11,6 +11,8 @@ import csv
 import difflib
 import fnmatch
 import hashlib
+import importlib
+import inspect
 import io
 import itertools
 import json
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'TRACEBACK_LINES', 'ParameterError', 'SweepError', 'RunError', 'Parameter', 'notebook_parameters',
            'check_parameters', 'run_name', 'run_status', 'kernel_threads', 'run_notebook', 'Sweep', 'sweep_from_dict',
            'load_sweep', 'run_sweep', 'flatten', 'Results', 'seed_summary', 'summary_markdown', 'collect_results',
-           'results_figure']
+           'results_figure', 'experiment_function', 'function_parameters']
 
 # %% ../nbs/13_experiments.ipynb #21b961dd
 class ParameterError(BrainkitError):
@@ -221,6 +223,10 @@ def _kernel_manager(cwd:Path, env:dict, log_file, started):
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 TRACEBACK_LINES = 25 # lines of a failed run's traceback kept in run.json
 
+class _FunctionFailed(Exception):
+    "A function's run that failed in its own process: `record` is what run.json keeps of it."
+    def __init__(self, record:dict): super().__init__(record.get('error', '')); self.record = record
+
 def _one_line(s:str, n:int=300) -> str:
     line = next((l.strip() for l in str(s).splitlines() if l.strip()), '')
     return line if len(line) <= n else line[:n - 3] + '...'
@@ -228,6 +234,7 @@ def _one_line(s:str, n:int=300) -> str:
 def _failure(e:Exception) -> dict:
     "What run.json records of a run that raised `e`: the error in one line, the failing cell, the traceback's last lines."
     from papermill.exceptions import PapermillExecutionError
+    if isinstance(e, _FunctionFailed): return e.record
     if isinstance(e, PapermillExecutionError):
         tb = _ANSI.sub('', '\n'.join(e.traceback)).splitlines()
         return {'error': _one_line(f"{e.ename}: {e.evalue}"), 'cell': e.cell_index, 'cell_source': e.source.splitlines()[:3],
@@ -241,7 +248,9 @@ class _Job:
     nb: Path # the notebook (absolute)
     params: dict # parameters given (JSON-like)
     folder: Path # the run folder (absolute)
-    has_out_dir: bool # whether the notebook has an out_dir parameter
+    has_out_dir: bool # whether the notebook (or function) has an out_dir parameter
+    function: str|None = None # 'module:function': run in a Python process of its own instead of a notebook (`nb` None)
+    cwd: Path|None = None # where a function's process starts (a notebook's kernel starts in the notebook's folder)
 
     @property
     def name(self) -> str: return self.folder.name
@@ -255,14 +264,16 @@ def _check_run_folder(folder:Path):
                             "move it away, or run into another folder")
 
 def _same_run(folder:Path, job:_Job) -> bool:
-    "Whether `folder` records a run of the same notebook (by file name) with the same parameters as `job`."
+    "Whether `folder` records a run of the same notebook (by file name) or function with the same parameters as `job`."
     rec = _read_json(folder/'params.json') or {}
-    return Path(rec.get('notebook', '')).name == job.nb.name and rec.get('params') == json.loads(json.dumps(job.params))
+    same = rec.get('function') == job.function if job.function else Path(rec.get('notebook') or '').name == job.nb.name
+    return same and rec.get('params') == json.loads(json.dumps(job.params))
 
 # %% ../nbs/13_experiments.ipynb #6a560ec2
 def _kernel_alive(pid:int) -> bool:
-    try: return b'ipykernel' in Path(f'/proc/{pid}/cmdline').read_bytes()
+    try: cmd = Path(f'/proc/{pid}/cmdline').read_bytes()
     except OSError: return False
+    return b'ipykernel' in cmd or b'brainkit-run' in cmd   # a notebook's kernel, or a function's process
 
 def _end_orphan(pid:int, wait:float=5.0):
     "Let the kernel `pid` of an interrupted run exit by itself (it polls its parent), or kill it after `wait` seconds."
@@ -282,8 +293,9 @@ def _clear(folder:Path):
 # %% ../nbs/13_experiments.ipynb #0694e336
 def _begin(job:_Job) -> dict:
     "Record in its folder that `job` starts: params.json (what is run, and how) and run.json 'running'; returns that record."
-    _write_json(job.folder/'params.json', {'notebook': str(job.nb), 'params': job.params, 'out_dir': 'out' if job.has_out_dir else None,
-                                           'cwd': str(job.nb.parent), 'brainkit': __version__})
+    what = {'function': job.function} if job.function else {'notebook': str(job.nb)}
+    _write_json(job.folder/'params.json', {**what, 'params': job.params, 'out_dir': 'out' if job.has_out_dir else None,
+                                           'cwd': str(job.cwd or job.nb.parent), 'brainkit': __version__})
     rec = {'status': 'running', 'started': _now(), 'host': socket.gethostname(), 'pid': os.getpid()}
     _write_json(job.folder/'run.json', rec)
     return rec
@@ -291,7 +303,6 @@ def _begin(job:_Job) -> dict:
 # %% ../nbs/13_experiments.ipynb #62d77cbc
 def _execute(job:_Job, skip_done:bool, threads:int|None, timeout:float|None, kernels:dict, stop:threading.Event) -> str:
     "Run `job` into its folder; returns 'done', 'skipped', 'failed' or 'interrupted'."
-    import papermill as pm
     if stop.is_set(): return 'interrupted'
     folder = job.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -311,9 +322,12 @@ def _execute(job:_Job, skip_done:bool, threads:int|None, timeout:float|None, ker
                 rec['kernel_pid'] = pid; _write_json(folder/'run.json', rec)
                 if stop.is_set(): os.kill(pid, signal.SIGKILL)
             try:
-                pm.execute_notebook(str(job.nb), str(folder/job.nb.name), parameters=params, progress_bar=False, log_output=False,
-                                    stderr_file=log_file, execution_timeout=timeout,
-                                    kernel_manager_class=_kernel_manager(job.nb.parent, env, log_file, started))
+                if job.function: _call(job, params, env, log_file, started, timeout)
+                else:
+                    import papermill as pm
+                    pm.execute_notebook(str(job.nb), str(folder/job.nb.name), parameters=params, progress_bar=False, log_output=False,
+                                        stderr_file=log_file, execution_timeout=timeout,
+                                        kernel_manager_class=_kernel_manager(job.nb.parent, env, log_file, started))
                 status, extra = 'done', {}
             except Exception as e:
                 status, extra = ('interrupted', {'error': 'interrupted'}) if stop.is_set() else ('failed', _failure(e))
@@ -385,12 +399,12 @@ def run_notebook(nb:str|Path, # the notebook to run
     return job.folder
 
 # %% ../nbs/13_experiments.ipynb #0736f6e5
-_SWEEP_KEYS = ('notebook', 'out', 'params', 'grid', 'runs', 'workers', 'columns', 'figure')
+_SWEEP_KEYS = ('notebook', 'function', 'out', 'params', 'grid', 'runs', 'workers', 'columns', 'figure')
 
 @dataclass
 class Sweep:
-    "A sweep: one notebook, its runs' parameters, and where they go (read one from a file with `load_sweep`)."
-    notebook: Path # the experiment notebook (absolute)
+    "A sweep: one notebook (or library function), its runs' parameters, and where they go (read one from a file with `load_sweep`)."
+    notebook: Path|None # the experiment notebook (absolute); None for a function's sweep
     out: Path # the sweep's folder: run folders, sweep.json, results.* (absolute)
     params: dict = field(default_factory=dict) # parameters every run shares
     grid: dict = field(default_factory=dict) # name -> list of values: every combination is a run
@@ -399,6 +413,13 @@ class Sweep:
     columns: list|None = None # metric columns of the table, as patterns (None: every numeric metric)
     figure: list|None = None # metric columns plotted (None: the table's first four)
     source: Path|None = None # the sweep file it was read from
+    function: str|None = None # instead of a notebook: 'module:function', each run a call in its own Python process
+    cwd: Path|None = None # where a function's runs start, for relative paths in their parameters (the sweep file's folder)
+
+    @property
+    def experiment(self) -> str:
+        "The notebook's path, or the function's 'module:function'."
+        return self.function or str(self.notebook)
 
     def expand(self) -> list[tuple[str, dict, dict]]:
         "Each run's (folder name, own parameters, all parameters): the grid's combinations, then `runs`."
@@ -442,8 +463,12 @@ def sweep_from_dict(d:Mapping, # the sweep's settings, as read from its file
         hints = [f"{k!r} (did you mean {difflib.get_close_matches(str(k), _SWEEP_KEYS, 1)[0]!r}?)"
                  if difflib.get_close_matches(str(k), _SWEEP_KEYS, 1) else repr(k) for k in unknown]
         _fail(src, f"unknown setting(s) {', '.join(hints)}", f"a sweep file's settings are {', '.join(_SWEEP_KEYS)}")
-    if not isinstance(d.get('notebook'), str) or not d['notebook']:
-        _fail(src, "names no notebook", "add `notebook: PATH/TO/NOTEBOOK.ipynb` (relative to the sweep file)")
+    nb, fn = d.get('notebook'), d.get('function')
+    if nb is not None and fn is not None: _fail(src, "names a notebook and a function", "keep one of them: a sweep runs one experiment")
+    if fn is not None and not (isinstance(fn, str) and re.fullmatch(r'[\w.]+:\w+', fn)):
+        _fail(src, f"function is {fn!r}", "write it as `function: module:function`, like `function: brainkit.strategies:run_strategy`")
+    if fn is None and (not isinstance(nb, str) or not nb):
+        _fail(src, "names no notebook", "add `notebook: PATH/TO/NOTEBOOK.ipynb` (relative to the sweep file), or `function: module:function`")
     params, grid, runs = d.get('params') or {}, d.get('grid') or {}, d.get('runs') or []
     if not isinstance(params, Mapping): _fail(src, f"params is {_a(params)}, not a mapping", "write params as `name: value` lines")
     if not isinstance(grid, Mapping): _fail(src, f"grid is {_a(grid)}, not a mapping", "write grid as `name: [value, value, ...]` lines")
@@ -457,8 +482,9 @@ def sweep_from_dict(d:Mapping, # the sweep's settings, as read from its file
         _fail(src, f"workers is {workers!r}", "give a whole number of at least 1")
     cols = _metric_patterns(src, d)
     out = base/d['out'] if d.get('out') else Path('runs')/'sweeps'/name
-    return Sweep((base/d['notebook']).resolve(), out.resolve(), dict(params), {k: list(v) for k, v in grid.items()},
-                 [dict(r) for r in runs], workers, cols['columns'], cols['figure'], Path(source) if source is not None else None)
+    return Sweep((base/nb).resolve() if fn is None else None, out.resolve(), dict(params), {k: list(v) for k, v in grid.items()},
+                 [dict(r) for r in runs], workers, cols['columns'], cols['figure'], Path(source) if source is not None else None,
+                 fn, base.resolve() if fn is not None else None)
 
 # %% ../nbs/13_experiments.ipynb #a1287ff6
 def load_sweep(path:str|Path, # a sweep file: .yaml, .yml or .json
@@ -495,23 +521,24 @@ def run_sweep(sweep:Sweep|str|Path, # a `Sweep`, or a sweep file (YAML or JSON)
               workers:int|None=None, # runs at the same time (None: the sweep's `workers`)
               out:str|Path|None=None, # the sweep's folder (None: the sweep's `out`)
               progress:bool=True, # a progress bar over the runs
-              timeout:float|None=None, # seconds allowed per cell (None: no limit)
+              timeout:float|None=None, # seconds allowed per cell of a notebook, per run of a function (None: no limit)
              ) -> Results:
     "Run every run of `sweep` that has not finished yet, `workers` at a time; returns the results table (also written to files)."
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     folder, workers = Path(out).resolve() if out is not None else sw.out, workers or sw.workers
-    runs, have = sw.expand(), notebook_parameters(sw.notebook)
+    runs, have = sw.expand(), function_parameters(sw.function, sw.cwd) if sw.function else notebook_parameters(sw.notebook)
     if problems := _sweep_problems(runs, have):
-        raise ParameterError(sw.notebook, "the sweep's parameters are wrong: " + '; '.join(problems),
-                             (_parameter_fix(have, problems) or "see the notebook's cell tagged `parameters`")
+        raise ParameterError(sw.experiment, "the sweep's parameters are wrong: " + '; '.join(problems),
+                             (_parameter_fix(have, problems) or ("see the function's signature" if sw.function else "see the notebook's cell tagged `parameters`"))
                              + (f" (in {sw.source})" if sw.source else ''))
-    jobs = [_Job(sw.notebook, json.loads(json.dumps(full)), folder/name, 'out_dir' in have) for name, _, full in runs]
+    jobs = [_Job(sw.notebook, json.loads(json.dumps(full)), folder/name, 'out_dir' in have, sw.function, sw.cwd) for name, _, full in runs]
     for j in jobs: _check_run_folder(j.folder)
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder/'.sweep.lock', "is in use by another sweep", "wait for it to finish, or give this sweep another out folder"):
         swept = list(dict.fromkeys(k for _, own, _ in runs for k in own))
+        what = {'function': sw.function} if sw.function else {'notebook': str(sw.notebook)}
         _write_json(folder/'sweep.json', {
-            'notebook': str(sw.notebook), 'source': str(sw.source) if sw.source else None, 'params': sw.params, 'swept': swept,
+            **what, 'source': str(sw.source) if sw.source else None, 'params': sw.params, 'swept': swept,
             'defaults': {k: have[k].default for k in swept}, 'columns': sw.columns, 'figure': sw.figure,
             'runs': [{'name': j.name, 'params': j.params} for j in jobs]})
         t0 = time.monotonic()
@@ -740,3 +767,70 @@ def _seed_figure(res:Results, cols:list[str]):
     for ax in axes[k:]: ax.set_visible(False)
     fig.suptitle(f'{res.folder.name}: {len(res.rows)} runs, mean ± sd over seeds (dots: seeds)', fontsize=10)
     return fig
+
+# %% ../nbs/13_experiments.ipynb #8670859f
+@contextmanager
+def _on_path(folder:Path|None):
+    "`folder` first on sys.path while inside: a sweep's own module may sit beside its file, where its runs start."
+    if folder is None: yield; return
+    sys.path.insert(0, str(folder))
+    try: yield
+    finally:
+        with contextlib.suppress(ValueError): sys.path.remove(str(folder))
+
+def experiment_function(ref:str, # 'module:function', like 'brainkit.strategies:run_strategy'
+                        folder:str|Path|None=None, # also look for the module here (the sweep file's folder)
+                       ):
+    "The function `ref` names, imported; a `ParameterError` that says why if it cannot be."
+    mod, _, name = ref.partition(':')
+    if not re.fullmatch(r'[\w.]+', mod) or not re.fullmatch(r'\w+', name):
+        raise ParameterError(ref, "is not a function reference", "write it as module:function, like brainkit.strategies:run_strategy")
+    try:
+        with _on_path(folder): f = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as e:
+        raise ParameterError(ref, f"cannot be imported ({type(e).__name__}: {e})",
+                             "check the module and function names: the module must be importable by this Python "
+                             "(installed, or a .py file in the sweep file's folder)") from None
+    if not callable(f): raise ParameterError(ref, f"is {_a(f)}, not a function", "name a function")
+    return f
+
+def function_parameters(ref:str, # 'module:function'
+                        folder:str|Path|None=None, # also look for the module here (the sweep file's folder)
+                       ) -> dict[str, Parameter]:
+    "The keyword parameters of the function `ref`, as a notebook's are read: name -> `Parameter` (default, type)."
+    out = {}
+    for name, p in inspect.signature(experiment_function(ref, folder)).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD): continue
+        if p.default is p.empty:
+            raise ParameterError(ref, f"parameter {name} has no default", "give every parameter of an experiment function a default value")
+        d = list(p.default) if isinstance(p.default, tuple) else p.default
+        out[name] = Parameter(name, d, type(d).__name__ if _plain(d) else 'expression', repr(p.default))
+    return out
+
+# %% ../nbs/13_experiments.ipynb #4d42ac0f
+_CHILD = 'from brainkit.experiments import _function_process; _function_process()'
+
+def _call(job:_Job, params:dict, env:dict, log_file, started, timeout:float|None):
+    "Run `job`'s function with `params` in a new Python process (in job.cwd, with `env`, output to `log_file`); raise `_FunctionFailed` if it fails."
+    import subprocess
+    call, err = job.folder/'call.json', job.folder/'error.json'
+    _write_json(call, {'function': job.function, 'params': params})
+    proc = subprocess.Popen([sys.executable, '-c', _CHILD, 'brainkit-run', str(call), str(err)], cwd=job.cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    started(proc.pid)
+    try: code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill(); proc.wait()
+        raise _FunctionFailed({'error': f"timed out after {timeout:g} s (the sweep's timeout per run)"}) from None
+    if code: raise _FunctionFailed(_read_json(err) or {'error': f"the run's process ended with exit code {code}"
+                                                       + (f" (killed by signal {-code})" if code < 0 else '') + ", recording no error"})
+
+def _function_process():
+    "A function run's process: call what call.json (argv[2]) names; on an exception write its record to argv[3], exit 1."
+    call, err = Path(sys.argv[2]), Path(sys.argv[3])
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        c = json.loads(call.read_text(encoding='utf-8'))
+        experiment_function(c['function'])(**c['params'])
+    except Exception as e:
+        _write_json(err, _failure(e)); sys.exit(1)

@@ -30,8 +30,8 @@ __all__ = ['TISSUES', 'CLASSES', 'R1_GD', 'SITES', 'ASSETS', 'TEMPLATE_FILE', 'T
            't1_after_contrast', 'spin_echo', 'inversion_recovery', 'spoiled_gre', 'mprage', 'diffusion', 'null_ti',
            'Sequence', 'signal', 'tissue_signals', 'Site', 'build_tissue_template', 'Template', 'default_template',
            'smooth_field', 'gaussian_blur', 'trilinear', 'rotation', 'grid_world', 'Anatomy', 'tumour_quantiles',
-           'wt_volume', 'make_anatomy', 'reference_signal', 'render', 'scan_subject', 'subject_id', 'subject_rng',
-           'sample_files', 'is_samples_folder', 'generate_samples', 'verify_samples']
+           'wt_volume', 'make_anatomy', 'reference_signal', 'render', 'scan_subject', 'acquire', 'subject_id',
+           'subject_rng', 'sample_files', 'is_samples_folder', 'generate_samples', 'verify_samples']
 
 # %% ../nbs/01_phantom.ipynb #8399f9dc
 @dataclass(frozen=True)
@@ -528,6 +528,19 @@ def scan_subject(rng:np.random.Generator, # the subject's random generator (afte
         thick = rng.uniform(0, 6) if m in site.thick else 0.
         out[m] = render(rng, anat, seq, site.noise, bias, gain, thick)
     return out
+
+# %% ../nbs/01_phantom.ipynb #69d78193
+def acquire(rng:np.random.Generator, # draws the bias field and the noise
+            ideal:np.ndarray, # an ideal rendering (x1000 units, 0 outside the brain): an oracle volume
+            site:Site, # whose bias field and noise level
+            modality:str, # which of its sequences (its own noise factor)
+            spacing:float, # the grid's voxel size in mm (the bias field's correlation length is 80 mm)
+           ) -> np.ndarray:
+    "`ideal` as `site` acquires it: the site's bias field and Rician noise inside the brain (no gain, jitter or thick slices)."
+    seq = site.sequences[modality]
+    bias = np.exp(site.bias * smooth_field(rng, ideal.shape, spacing, 80))
+    sigma = site.noise * seq.noise * reference_signal(seq)
+    return np.where(ideal > 0, _rician(rng, ideal / 1000 * bias, sigma), 0) * 1000
 
 # %% ../nbs/01_phantom.ipynb #7ee70572
 SEED = 2023

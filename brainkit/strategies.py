@@ -4,7 +4,8 @@
 
 # %% ../nbs/14_strategies.ipynb #d76a0fe0
 from __future__ import annotations
-import hashlib, json, logging, time
+import hashlib, json, logging, shutil, time, zlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,20 +27,20 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TARGET', 'KINDS', 'LEARNED', 'INPUTS', 'STRATEGIES', 'REPORT', 'TARGETS', 'QUICK', 'IDENTITY_SAME_CONTRAST',
-           'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'MAX_VALUES', 'HIGHER_IS_BETTER', 'REPORT_FID',
-           'TRUTH_SCORES', 'StrategyError', 'Step', 'Strategy', 'get_strategy', 'ModelSpec', 'models_needed',
-           'model_config', 'model_key', 'finished', 'ensure_models', 'oracle_dir', 'Chain', 'brats_id',
-           'write_strategy_dataset', 'slice_ssim', 'tissue_labels', 'real_tissue_values', 'score_strategy',
-           'slices_figure', 'example_slices', 'dataset_volume', 'compare_figure', 'three_planes', 'higher_is_better',
-           'flat_rows', 'table1', 'kendall_tau', 'rank_agreement', 'ranking', 'report_conclusion_holds',
-           'seeds_holding', 'report_markdown']
+           'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'MAX_VALUES', 'FID_SLICING', 'MAIN_JOB',
+           'HIGHER_IS_BETTER', 'REPORT_FID', 'TRUTH_SCORES', 'StrategyError', 'Step', 'Strategy', 'get_strategy',
+           'ModelSpec', 'models_needed', 'model_config', 'model_key', 'finished', 'ensure_models', 'oracle_dir',
+           'Chain', 'brats_id', 'write_strategy_dataset', 'slice_ssim', 'tissue_labels', 'real_tissue_values',
+           'score_strategy', 'slices_figure', 'example_slices', 'dataset_volume', 'compare_figure', 'three_planes',
+           'run_strategy', 'higher_is_better', 'flat_rows', 'table1', 'kendall_tau', 'rank_agreement', 'ranking',
+           'report_conclusion_holds', 'seeds_holding', 'report_markdown']
 
 # %% ../nbs/14_strategies.ipynb #f82b36c0
 TARGET = '{target}'   # in a step: the strategy's target modality
 KINDS = {'pix2pix': 'paired model (BraTS pairs)', 'cyclegan': 'unpaired model (HCP and BraTS slices)',
          'lookup': 'classical, paired (BraTS pairs)', 'histmatch': 'classical, unpaired (BraTS intensities)', 'none': 'the input itself'}
 LEARNED = ('pix2pix', 'cyclegan')
-INPUTS = ('prev', 'oracle')
+INPUTS = ('prev', 'oracle', 'oracle+site')
 
 class StrategyError(BrainkitError):
     "A strategy that cannot run as written, or a step of it that failed."
@@ -50,7 +51,7 @@ class Step:
     kind: str # one of `KINDS`
     source: str = 't1' # the modality it reads
     target: str = TARGET # the modality it writes ('{target}': the strategy's target)
-    input: str = 'prev' # 'prev': the previous step's output (first step: the HCP subject's `source`); 'oracle': the HCP brain in BraTS contrast
+    input: str = 'prev' # 'prev': the previous step's output (first step: the HCP subject's `source`); 'oracle': the HCP brain in BraTS contrast; 'oracle+site': that, with the BraTS-like site's noise and bias
 
     def at(self, target:str) -> Step:
         "This step with the strategy's target filled in."
@@ -90,7 +91,7 @@ class Strategy:
 
     def to_dict(self) -> dict: return {'name': self.name, 'about': self.about, 'steps': [asdict(s) for s in self.steps]}
 
-    def __str__(self): return f"{self.name}: " + ' -> '.join(f"{s.kind}({s.source}->{s.target}{', oracle in' if s.input == 'oracle' else ''})" for s in self.steps)
+    def __str__(self): return f"{self.name}: " + ' -> '.join(f"{s.kind}({s.source}->{s.target}{'' if s.input == 'prev' else ', ' + s.input + ' in'})" for s in self.steps)
 
 # %% ../nbs/14_strategies.ipynb #0466abd6
 STRATEGIES = {s.name: s for s in (
@@ -98,6 +99,7 @@ STRATEGIES = {s.name: s for s in (
     Strategy('unpaired', (Step('cyclegan', 't1'),), "strategy 2: one CycleGAN changes site and contrast at once (HCP t1 -> BraTS target)"),
     Strategy('paired', (Step('pix2pix', 't1'),), "strategy 3: Pix2Pix learned on BraTS pairs, applied to HCP t1 (ignores the site shift)"),
     Strategy('upper', (Step('pix2pix', 't1', input='oracle'),), "upper bound: strategy 3's model on the HCP brain's true BraTS-like t1 (a perfect first stage)"),
+    Strategy('upper+site', (Step('pix2pix', 't1', input='oracle+site'),), "diagnostic: the upper bound's input with the BraTS-like site's noise and bias field, as Pix2Pix saw in training"),
     Strategy('histmatch+lookup', (Step('histmatch', 't1', 't1'), Step('lookup', 't1')), "classical strategy 1: histogram standardization to BraTS t1, then lookup"),
     Strategy('lookup', (Step('lookup', 't1'),), "classical strategy 3: BraTS's t1 -> target intensity lookup, applied to HCP t1"),
     Strategy('none', (Step('none', 't1'),), "doing nothing: HCP t1 as the answer"),
@@ -239,7 +241,12 @@ def _keep_brain(x:Volume, first:Volume) -> Volume:
     eps = np.float32(1e-6 * max(float(x.data.max()), 1e-6))
     return x.with_data(np.where(brain & low, eps, x.data).astype(np.float32))
 
-from collections import OrderedDict
+def _site_acquired(x:Volume, subject_id:str, modality:str) -> Volume:
+    "Oracle volume `x` as the BraTS-like site acquires it (chapter 01's `acquire`), with the same draw for a subject every time."
+    from brainkit.phantom import SITES, acquire
+    rng = np.random.default_rng(zlib.crc32(f'{subject_id}/{modality}'.encode()))
+    return x.with_data(acquire(rng, x.data.astype(np.float64), SITES['brats'], modality, float(np.mean(x.spacing))).astype(np.float32))
+
 
 class Chain:
     "Applies strategies' steps to subjects with the trained `models`, sharing common starts of chains."
@@ -265,16 +272,15 @@ class Chain:
 
     def input_file(self, subject, step:Step) -> Path:
         "The file the first step of a chain reads."
-        if step.input == 'oracle':
-            if self.oracle is None: raise StrategyError(f'subject {subject.id}', "has no oracle (real data has none)", "leave the 'upper' strategy out on real data")
-            return Path(self.oracle)/subject.id/f'{subject.id}_{step.source}.nii.gz'
-        return subject.path(step.source)
+        if step.input == 'prev': return subject.path(step.source)
+        if self.oracle is None: raise StrategyError(f'subject {subject.id}', "has no oracle (real data has none)", "leave the 'upper' strategies out on real data")
+        return Path(self.oracle)/subject.id/f'{subject.id}_{step.source}.nii.gz'
 
     def input(self, subject, step:Step) -> Volume:
-        if step.input == 'oracle':
-            if self.oracle is None: raise StrategyError(f'subject {subject.id}', "has no oracle (real data has none)", "leave the 'upper' strategy out on real data")
-            return load_volume(Path(self.oracle)/subject.id/f'{subject.id}_{step.source}.nii.gz')
-        return subject.load([step.source])[step.source]
+        "The volume the first step of a chain reads (the oracle's, acquired by the BraTS-like site for 'oracle+site')."
+        if step.input == 'prev': return subject.load([step.source])[step.source]
+        x = load_volume(self.input_file(subject, step))
+        return _site_acquired(x, subject.id, step.source) if step.input == 'oracle+site' else x
 
     def outputs(self, subject, steps:Sequence[Step]) -> list[Volume]:
         "Every step's output volume for one subject (memoized by the chain's start)."
@@ -316,7 +322,6 @@ def _claim_folder(out:Path, keep:set[str]):
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out/WRITING, b'')                           # (before the old dataset file goes: the folder stays ours)
     (out/DATASET_FILE).unlink(missing_ok=True)                      # unfinished until written again, last
-    import shutil
     for d in out.glob('BraTS2021_*'):                               # a previous write's subjects that this one does not have
         if d.is_dir() and d.name not in keep: shutil.rmtree(d)
 
@@ -505,6 +510,91 @@ def three_planes(subject, strategies, target, chain, path=None):
     plt.tight_layout()
     if path: fig.savefig(path)
     return fig
+
+# %% ../nbs/14_strategies.ipynb #d46847d4
+FID_SLICING = {'size': 64, 'spacing': 3.6}   # how volumes are sliced for FID on the samples (real data: 256 px at 1.0 mm)
+
+def _fid_network(fid_weights:str, fid_dims:int, device:str):
+    "(pytorch-fid's Inception network, None) or (None, the note that says why there is none); a weights file asked for must load."
+    if fid_weights == 'none': return None, 'skipped (fid_weights=none)'
+    try: return M.fid_inception(fid_dims, None if fid_weights == 'auto' else fid_weights, device=device), None
+    except M.FIDError as e:
+        if fid_weights != 'auto': raise
+        return None, 'no FID weights: ' + ' '.join(str(e).split())      # (one line: the problem and its fix)
+
+def _run_figures(st:Strategy, chain:Chain, subject, targets:Sequence[str], out:Path) -> list[Path]:
+    "The run's figures for `subject`: example slices per target (at most three targets), and the first target's three planes."
+    import matplotlib.pyplot as plt
+    paths = []
+    for t in targets[:3]:
+        paths.append(out/f'examples_{t}.png'); plt.close(example_slices(subject, [st.name], t, chain, path=paths[-1]))
+    if targets: paths.append(out/'planes.png'); plt.close(three_planes(subject, [st.name], targets[0], chain, path=paths[-1]))
+    return paths
+
+# %% ../nbs/14_strategies.ipynb #a6135ebb
+def run_strategy(strategy:str='lookup', # a built-in strategy (`STRATEGIES`), or its steps as JSON: '{"name": ..., "steps": [...]}'
+                 targets:Sequence[str]=('t2',), # the target modalities (the main job: t2, t1ce, flair)
+                 seed:int=0, # the training's randomness (the subject splits stay fixed)
+                 settings:dict|None=None, # per kind, config fields over `QUICK`: {'pix2pix': {'epochs': 20}, 'cyclegan': {...}}
+                 hcp:str|None=None, # the HCP folder (None: the HCP-like samples)
+                 brats:str|None=None, # the BraTS folder (None: the BraTS-like samples)
+                 oracle:str|None='auto', # the HCP brains in BraTS contrast ('auto': the samples' oracle; None: real data has none)
+                 models_dir:str='runs/strategies/models', # trained models, shared by every run
+                 write_dataset:bool=True, # write the translated HCP brains as a BraTS 2021 dataset (out_dir/dataset)
+                 fid_weights:str='auto', # 'auto': pytorch-fid's weights if found; a path; or 'none' to skip FID/KID
+                 fid_dims:int=64, # Inception block: 64 for few slices (the samples), 2048 (pytorch-fid's default) for real data
+                 fid_slicing:dict|None=None, # `volume_slices` settings for FID (None: `FID_SLICING`; real data: {'size': 256, 'spacing': 1.0})
+                 device:str='auto',
+                 out_dir:str='runs/strategies/run', # metrics.json, the figures and dataset/
+                 fresh:bool=True, # empty out_dir first (only if brainkit made it)
+                 figures:bool=True, # write the figures
+                 progress:bool=True, # progress bars
+                ) -> dict:
+    "Train (or reuse) the models `strategy` needs, score the held-out HCP brains for every target, write its dataset; `metrics.json`'s contents."
+    from brainkit.cyclegan import CycleGANConfig
+    from brainkit.data import split_subjects
+    from brainkit.io import open_dataset
+    from brainkit.train import prepare_out_dir
+    out = prepare_out_dir(out_dir, fresh, 'run_strategy')
+    st = get_strategy(json.loads(strategy) if isinstance(strategy, str) and strategy.lstrip().startswith('{') else strategy)
+    targets, clock, seconds = list(targets), time.perf_counter(), {}
+    def lap(what):
+        nonlocal clock
+        seconds[what] = round(time.perf_counter() - clock, 1); clock = time.perf_counter()
+    hcp_ds, brats_ds = open_dataset(hcp or samples_dir('hcp')), open_dataset(brats or samples_dir('brats'))
+    held_out = split_subjects(hcp_ds.ids, CycleGANConfig().split, 0)['val']      # no model of any strategy trained on them
+    held = [s for s in hcp_ds if s.id in held_out]
+    need = models_needed([st], targets)
+    log.info("%s; models: %s; held out: %s", st, ', '.join(map(str, need)) or 'none', ', '.join(held_out))
+    models = ensure_models(need, models_dir, seed, settings, hcp, brats, device, progress=progress)
+    lap('train')
+    fid_net, fid_note = _fid_network(fid_weights, fid_dims, device)
+    chain = Chain(models, oracle_dir(hcp) if oracle == 'auto' else oracle, device)
+    scores = score_strategy(st, chain, held, targets, brats=list(brats_ds), fid_net=fid_net, fid_seed=seed, fid_slicing=fid_slicing or FID_SLICING)
+    lap('score')
+    dataset, dataset_error = None, None
+    if write_dataset:
+        try: dataset = write_strategy_dataset(out/'dataset', st, list(hcp_ds), chain, targets, progress=progress, seed=seed)
+        except (StrategyError, OSError) as e: dataset_error = str(e)
+    lap('write')
+    results = {'strategy': st.name, 'steps': st.to_dict()['steps'], 'seed': seed, 'fid_note': fid_note, 'n_held_out': len(held),
+               'models': {str(k): str(v) if isinstance(v, Path) else f'failed: {v}' for k, v in models.items()},
+               'dataset': str(dataset) if dataset else dataset_error, 'seconds': seconds, **scores}
+    atomic_write_bytes(out/'metrics.json', json.dumps(results, indent=1).encode())   # before the figures: a figure that fails loses no score
+    if figures and held: _run_figures(st, chain, held[0], [t for t in targets if 'error' not in scores[t]], out)
+    failed = {t: r['error'] for t, r in scores.items() if 'error' in r} | ({'dataset': dataset_error} if dataset_error else {})
+    if failed: raise StrategyError(f'strategy {st.name}', f"failed for {', '.join(failed)}: {'; '.join(failed.values())}",
+                                   "see the errors; rerun after fixing them (finished models are reused)")
+    return results
+
+# %% ../nbs/14_strategies.ipynb #6b66188b
+MAIN_JOB = {   # the README's main job as a sweep of `run_strategy` (`brainkit strategies run`); relative paths start in the current folder
+    'function': 'brainkit.strategies:run_strategy', 'out': 'runs/strategies', 'workers': 2,
+    'params': {'targets': list(TARGETS), 'models_dir': 'runs/strategies/models', 'progress': False},
+    'runs': [{'strategy': s, 'seed': k} for k in range(3) for s in ('hybrid', 'unpaired', 'paired', 'upper', 'upper+site')]
+            + [{'strategy': s, 'seed': 0} for s in ('histmatch+lookup', 'lookup', 'none')],
+    'columns': [f'{t}.{s}' for s in ('oracle.mae', 'tissue_w1.mean') for t in TARGETS],
+    'figure': [f'{t}.oracle.mae' for t in TARGETS] + ['t2.tissue_w1.mean']}
 
 # %% ../nbs/14_strategies.ipynb #090a0447
 HIGHER_IS_BETTER = ('ssim', 'psnr')   # every other score (MAE, W1, FID, KID, consistency excess): lower is better

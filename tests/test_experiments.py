@@ -361,3 +361,39 @@ def test_a_sweep_over_seeds_reports_mean_and_sd_per_group(tmp_path):
     assert summary[2].startswith('| a | 2 |') and summary[2].endswith('| 1 ± 1.4 |')     # seeds 0 and 2: mean 1, sd sqrt(2)
     assert summary[3].startswith('| b | 1 |') and summary[3].endswith('| 10 |')          # one seed: no sd
     assert 'mean ± sd over seeds' in stdout and '| a | 2 |' in stdout
+
+
+FUNCS = '''\
+import json, os, time
+from pathlib import Path
+
+def run(x:int=1, mode:str='ok', out_dir:str='out'):
+    "ok: write metrics.json (with the threads and folder it ran in); sleep; exit: end the process without a word; raise."
+    if mode == 'sleep': time.sleep(60)
+    if mode == 'exit': os._exit(3)
+    if mode == 'raise': raise RuntimeError(f'x={x} raised')
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir)/'metrics.json').write_text(json.dumps({'score': 2 * x, 'cwd': os.getcwd(), 'threads': os.environ.get('OMP_NUM_THREADS')}))
+'''
+
+
+def test_a_sweep_of_a_function_records_how_each_run_ended(tmp_path):
+    "A function's runs (each its own process, in the sweep file's folder): done, raised, died without a word, timed out."
+    (tmp_path/'funcs_demo.py').write_text(FUNCS)
+    (tmp_path/'s.yaml').write_text("function: funcs_demo:run\nout: sw\nworkers: 2\ngrid:\n  mode: [ok, raise, exit, sleep]\n")
+    t0 = time.monotonic()
+    res = run_sweep(tmp_path/'s.yaml', progress=False, timeout=8)
+    assert time.monotonic() - t0 < 45
+    by = {r['mode']: r for r in res.rows}
+    assert by['ok']['status'] == 'done' and by['ok']['score'] == 2
+    m = json.loads((tmp_path/'sw'/'mode=ok'/'out'/'metrics.json').read_text())
+    assert Path(m['cwd']) == tmp_path and m['threads'] == str(kernel_threads(2))
+    assert by['raise']['error'] == 'RuntimeError: x=1 raised'
+    assert 'exit code 3' in by['exit']['error'] and 'timed out after 8 s' in by['sleep']['error']
+    assert all(by[k]['status'] == 'failed' for k in ('raise', 'exit', 'sleep'))
+    with pytest.raises(ParameterError, match="x = 'two' is a str"):
+        run_sweep(sweep_from_dict({'function': 'funcs_demo:run', 'params': {'x': 'two'}}, base=tmp_path), progress=False)
+    with pytest.raises(SweepError, match='names a notebook and a function'):
+        sweep_from_dict({'function': 'funcs_demo:run', 'notebook': 'x.ipynb'})
+    with pytest.raises(SweepError, match="write it as `function: module:function`"):
+        sweep_from_dict({'function': 'funcs_demo.run'})

@@ -2,6 +2,7 @@
 and reused (also by another process at the same time), a failing model that fails only the strategies using it, the
 written BraTS 2021 datasets (the readers, the scan and `brainkit scan` accept them), and Table 1 from a sweep's runs."""
 import json
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from brainkit.cyclegan import CycleGANConfig
 from brainkit.data import split_subjects
 from brainkit.io import DATASET_FILE, load_volume, open_dataset, samples_dir
 from brainkit.preprocess import brain_mask
-from brainkit.strategies import (MODEL_METRICS, REPORT, TRAINED, STRATEGIES, Chain, ModelSpec, Step, Strategy, StrategyError, _train,
+from brainkit.strategies import (MAIN_JOB, MODEL_METRICS, REPORT, TRAINED, STRATEGIES, Chain, ModelSpec, Step, Strategy, StrategyError, _train,
                                  ensure_models, flat_rows, get_strategy, model_config, model_key, models_needed, oracle_dir,
                                  rank_agreement, report_conclusion_holds, report_markdown, score_strategy, table1,
                                  write_strategy_dataset)
@@ -285,3 +286,45 @@ def test_a_dataset_whose_writing_stopped_is_refused_by_the_readers(classical, hc
     with pytest.raises(DatasetLayoutError, match='writing stopped halfway'): open_dataset(out)
     write_strategy_dataset(out, 'lookup', list(hcp)[:1], Chain(models, oracle_dir()), ['t2'], progress=False)   # rerun: whole again
     assert open_dataset(out).ids == ['BraTS2021_70000']
+
+
+def test_the_upper_bounds_diagnostic_reads_the_oracle_as_the_brats_site_acquires_it(held):
+    "'oracle+site': the oracle's t1 with the BraTS-like site's noise and bias field, the same draw every time, nothing outside the brain."
+    chain = Chain({}, oracle_dir())
+    (clean_step,), (site_step,) = get_strategy('upper').at('t2'), get_strategy('upper+site').at('t2')
+    assert chain.input_file(held[0], site_step) == chain.input_file(held[0], clean_step)      # (provenance: the oracle's file)
+    for s in held:
+        clean, a, b = chain.input(s, clean_step).data, chain.input(s, site_step).data, chain.input(s, site_step).data
+        np.testing.assert_array_equal(a, b)
+        brain = clean > 0
+        assert not a[~brain].any() and (a[brain] > 0).all()
+        rel = np.abs(a - clean)[brain].mean() / clean[brain].mean()
+        assert 0.03 < rel < 0.4, rel                                   # a bias field of 18 % (log sd) and 3.5 % noise
+
+
+def test_strategies_run_sweeps_the_library_function_without_a_notebook(tmp_path):
+    "`brainkit strategies run` (a pip install has no notebooks): runs in their own folders, a failed run fails only itself, reruns keep what finished."
+    cfg = tmp_path/'mine.yaml'
+    cfg.write_text(textwrap.dedent("""\
+        function: brainkit.strategies:run_strategy
+        out: sweep
+        workers: 2
+        params: {targets: [t2], models_dir: models, figures: false, progress: false}
+        runs:
+          - {strategy: lookup, seed: 0}
+          - {strategy: none, seed: 0}
+          - {strategy: strategy4, seed: 0}
+        """))
+    r = brainkit_cli('strategies', 'run', '--config', cfg)
+    assert r.returncode == 1 and 'seed=0,strategy=strategy4' in r.stderr and 'is not a built-in strategy' in r.stderr, r.stderr
+    assert '| oracle.mae ↓ | lookup | none' in r.stdout and '2 of 3 runs finished' in r.stdout
+    run = tmp_path/'sweep'/'seed=0,strategy=lookup'
+    assert open_dataset(run/'out'/'dataset').layout.name == 'brats2021' and (tmp_path/'sweep'/'table1.md').is_file()
+    assert json.loads((run/'params.json').read_text())['function'] == 'brainkit.strategies:run_strategy'
+    assert len(list((tmp_path/'models').iterdir())) == 2                   # the models folder is relative to the sweep file
+    started = json.loads((run/'run.json').read_text())['started']
+    assert brainkit_cli('strategies', 'run', '--config', cfg).returncode == 1
+    assert json.loads((run/'run.json').read_text())['started'] == started
+    import yaml
+    shown = brainkit_cli('strategies', 'run', '--show')
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout) == MAIN_JOB
