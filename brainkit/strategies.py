@@ -40,7 +40,7 @@ TARGET = '{target}'   # in a step: the strategy's target modality
 KINDS = {'pix2pix': 'paired model (BraTS pairs)', 'cyclegan': 'unpaired model (HCP and BraTS slices)',
          'lookup': 'classical, paired (BraTS pairs)', 'histmatch': 'classical, unpaired (BraTS intensities)', 'none': 'the input itself'}
 LEARNED = ('pix2pix', 'cyclegan')
-INPUTS = ('prev', 'oracle', 'oracle+site')
+INPUTS = ('prev', 'oracle', 'oracle+noise')
 
 class StrategyError(BrainkitError):
     "A strategy that cannot run as written, or a step of it that failed."
@@ -51,7 +51,7 @@ class Step:
     kind: str # one of `KINDS`
     source: str = 't1' # the modality it reads
     target: str = TARGET # the modality it writes ('{target}': the strategy's target)
-    input: str = 'prev' # 'prev': the previous step's output (first step: the HCP subject's `source`); 'oracle': the HCP brain in BraTS contrast; 'oracle+site': that, with the BraTS-like site's noise and bias
+    input: str = 'prev' # 'prev': the previous step's output (first step: the HCP subject's `source`); 'oracle': the HCP brain in BraTS contrast; 'oracle+noise': that, with the BraTS-like site's noise
 
     def at(self, target:str) -> Step:
         "This step with the strategy's target filled in."
@@ -99,7 +99,7 @@ STRATEGIES = {s.name: s for s in (
     Strategy('unpaired', (Step('cyclegan', 't1'),), "strategy 2: one CycleGAN changes site and contrast at once (HCP t1 -> BraTS target)"),
     Strategy('paired', (Step('pix2pix', 't1'),), "strategy 3: Pix2Pix learned on BraTS pairs, applied to HCP t1 (ignores the site shift)"),
     Strategy('upper', (Step('pix2pix', 't1', input='oracle'),), "upper bound: strategy 3's model on the HCP brain's true BraTS-like t1 (a perfect first stage)"),
-    Strategy('upper+site', (Step('pix2pix', 't1', input='oracle+site'),), "diagnostic: the upper bound's input with the BraTS-like site's noise and bias field, as Pix2Pix saw in training"),
+    Strategy('upper+noise', (Step('pix2pix', 't1', input='oracle+noise'),), "diagnostic: the upper bound's input with the BraTS-like site's noise, as in Pix2Pix's training t1"),
     Strategy('histmatch+lookup', (Step('histmatch', 't1', 't1'), Step('lookup', 't1')), "classical strategy 1: histogram standardization to BraTS t1, then lookup"),
     Strategy('lookup', (Step('lookup', 't1'),), "classical strategy 3: BraTS's t1 -> target intensity lookup, applied to HCP t1"),
     Strategy('none', (Step('none', 't1'),), "doing nothing: HCP t1 as the answer"),
@@ -241,11 +241,12 @@ def _keep_brain(x:Volume, first:Volume) -> Volume:
     eps = np.float32(1e-6 * max(float(x.data.max()), 1e-6))
     return x.with_data(np.where(brain & low, eps, x.data).astype(np.float32))
 
-def _site_acquired(x:Volume, subject_id:str, modality:str) -> Volume:
-    "Oracle volume `x` as the BraTS-like site acquires it (chapter 01's `acquire`), with the same draw for a subject every time."
+def _with_site_noise(x:Volume, subject_id:str, modality:str) -> Volume:
+    "Oracle volume `x` with the BraTS-like site's Rician noise (chapter 01's `acquire`, no bias field), the same draw for a subject every time."
     from brainkit.phantom import SITES, acquire
     rng = np.random.default_rng(zlib.crc32(f'{subject_id}/{modality}'.encode()))
-    return x.with_data(acquire(rng, x.data.astype(np.float64), SITES['brats'], modality, float(np.mean(x.spacing))).astype(np.float32))
+    site = replace(SITES['brats'], bias=0.0)
+    return x.with_data(acquire(rng, x.data.astype(np.float64), site, modality, float(np.mean(x.spacing))).astype(np.float32))
 
 
 class Chain:
@@ -277,10 +278,10 @@ class Chain:
         return Path(self.oracle)/subject.id/f'{subject.id}_{step.source}.nii.gz'
 
     def input(self, subject, step:Step) -> Volume:
-        "The volume the first step of a chain reads (the oracle's, acquired by the BraTS-like site for 'oracle+site')."
+        "The volume the first step of a chain reads (the oracle's, with the BraTS-like site's noise for 'oracle+noise')."
         if step.input == 'prev': return subject.load([step.source])[step.source]
         x = load_volume(self.input_file(subject, step))
-        return _site_acquired(x, subject.id, step.source) if step.input == 'oracle+site' else x
+        return _with_site_noise(x, subject.id, step.source) if step.input == 'oracle+noise' else x
 
     def outputs(self, subject, steps:Sequence[Step]) -> list[Volume]:
         "Every step's output volume for one subject (memoized by the chain's start)."
@@ -591,7 +592,7 @@ def run_strategy(strategy:str='lookup', # a built-in strategy (`STRATEGIES`), or
 MAIN_JOB = {   # the README's main job as a sweep of `run_strategy` (`brainkit strategies run`); relative paths start in the current folder
     'function': 'brainkit.strategies:run_strategy', 'out': 'runs/strategies', 'workers': 2,
     'params': {'targets': list(TARGETS), 'models_dir': 'runs/strategies/models', 'progress': False},
-    'runs': [{'strategy': s, 'seed': k} for k in range(3) for s in ('hybrid', 'unpaired', 'paired', 'upper', 'upper+site')]
+    'runs': [{'strategy': s, 'seed': k} for k in range(3) for s in ('hybrid', 'unpaired', 'paired', 'upper', 'upper+noise')]
             + [{'strategy': s, 'seed': 0} for s in ('histmatch+lookup', 'lookup', 'none')],
     'columns': [f'{t}.{s}' for s in ('oracle.mae', 'tissue_w1.mean') for t in TARGETS],
     'figure': [f'{t}.oracle.mae' for t in TARGETS] + ['t2.tissue_w1.mean']}
@@ -680,7 +681,7 @@ def seeds_holding(rows:Sequence[Mapping], score:str, target:str) -> tuple[int, i
     return sum(g is True for g in got), sum(g is not None for g in got)
 
 # %% ../nbs/14_strategies.ipynb #11cd6031
-TRUTH_SCORES = ('oracle.mae', 'oracle.ssim', 'oracle_slices.ssim')
+TRUTH_SCORES = ('oracle.mae', 'oracle.ssim', 'oracle.psnr', 'oracle_slices.ssim')
 
 def _fid_dims(rows, targets) -> int:
     "The largest Inception block the runs have FID for (64 when none has any)."
