@@ -400,6 +400,7 @@ def run_notebook(nb:str|Path, # the notebook to run
 
 # %% ../nbs/13_experiments.ipynb #0736f6e5
 _SWEEP_KEYS = ('notebook', 'function', 'out', 'params', 'grid', 'runs', 'workers', 'columns', 'figure')
+_FUNCTION_REF = re.compile(r'[\w.]+:\w+')   # 'module:function'
 
 @dataclass
 class Sweep:
@@ -465,7 +466,7 @@ def sweep_from_dict(d:Mapping, # the sweep's settings, as read from its file
         _fail(src, f"unknown setting(s) {', '.join(hints)}", f"a sweep file's settings are {', '.join(_SWEEP_KEYS)}")
     nb, fn = d.get('notebook'), d.get('function')
     if nb is not None and fn is not None: _fail(src, "names a notebook and a function", "keep one of them: a sweep runs one experiment")
-    if fn is not None and not (isinstance(fn, str) and re.fullmatch(r'[\w.]+:\w+', fn)):
+    if fn is not None and not (isinstance(fn, str) and _FUNCTION_REF.fullmatch(fn)):
         _fail(src, f"function is {fn!r}", "write it as `function: module:function`, like `function: brainkit.strategies:run_strategy`")
     if fn is None and (not isinstance(nb, str) or not nb):
         _fail(src, "names no notebook", "add `notebook: PATH/TO/NOTEBOOK.ipynb` (relative to the sweep file), or `function: module:function`")
@@ -782,9 +783,9 @@ def experiment_function(ref:str, # 'module:function', like 'brainkit.strategies:
                         folder:str|Path|None=None, # also look for the module here (the sweep file's folder)
                        ):
     "The function `ref` names, imported; a `ParameterError` that says why if it cannot be."
-    mod, _, name = ref.partition(':')
-    if not re.fullmatch(r'[\w.]+', mod) or not re.fullmatch(r'\w+', name):
+    if not _FUNCTION_REF.fullmatch(ref):
         raise ParameterError(ref, "is not a function reference", "write it as module:function, like brainkit.strategies:run_strategy")
+    mod, _, name = ref.partition(':')
     try:
         with _on_path(folder): f = getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e:

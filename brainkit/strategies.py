@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from . import __version__
-from .io import DATASET_FILE, WRITING_FILE, BrainkitError, Volume, atomic_write_bytes, file_sha256, load_volume, plane_axis, samples_dir, save_volume, write_dataset_file
+from .io import DATASET_FILE, WRITING_FILE, BrainkitError, Volume, atomic_write_bytes, file_sha256, load_volume, open_dataset, plane_axis, samples_dir, save_volume, write_dataset_file
 from .preprocess import brain_mask
-from .train import RunLockedError, run_lock
+from .train import RunLockedError, prepare_out_dir, run_lock
+from .data import split_subjects
 from .pix2pix import Pix2PixConfig, train_pix2pix
 from .cyclegan import CycleGANConfig, train_cyclegan
 from .baselines import BaselineConfig, fit_baseline_run
@@ -523,14 +524,11 @@ def _fid_network(fid_weights:str, fid_dims:int, device:str):
         if fid_weights != 'auto': raise
         return None, 'no FID weights: ' + ' '.join(str(e).split())      # (one line: the problem and its fix)
 
-def _run_figures(st:Strategy, chain:Chain, subject, targets:Sequence[str], out:Path) -> list[Path]:
+def _run_figures(st:Strategy, chain:Chain, subject, targets:Sequence[str], out:Path):
     "The run's figures for `subject`: example slices per target (at most three targets), and the first target's three planes."
     import matplotlib.pyplot as plt
-    paths = []
-    for t in targets[:3]:
-        paths.append(out/f'examples_{t}.png'); plt.close(example_slices(subject, [st.name], t, chain, path=paths[-1]))
-    if targets: paths.append(out/'planes.png'); plt.close(three_planes(subject, [st.name], targets[0], chain, path=paths[-1]))
-    return paths
+    for t in targets[:3]: plt.close(example_slices(subject, [st.name], t, chain, path=out/f'examples_{t}.png'))
+    if targets: plt.close(three_planes(subject, [st.name], targets[0], chain, path=out/'planes.png'))
 
 # %% ../nbs/14_strategies.ipynb #a6135ebb
 def run_strategy(strategy:str='lookup', # a built-in strategy (`STRATEGIES`), or its steps as JSON: '{"name": ..., "steps": [...]}'
@@ -552,10 +550,6 @@ def run_strategy(strategy:str='lookup', # a built-in strategy (`STRATEGIES`), or
                  progress:bool=True, # progress bars
                 ) -> dict:
     "Train (or reuse) the models `strategy` needs, score the held-out HCP brains for every target, write its dataset; `metrics.json`'s contents."
-    from brainkit.cyclegan import CycleGANConfig
-    from brainkit.data import split_subjects
-    from brainkit.io import open_dataset
-    from brainkit.train import prepare_out_dir
     out = prepare_out_dir(out_dir, fresh, 'run_strategy')
     st = get_strategy(json.loads(strategy) if isinstance(strategy, str) and strategy.lstrip().startswith('{') else strategy)
     targets, clock, seconds = list(targets), time.perf_counter(), {}
