@@ -29,11 +29,12 @@ from .networks import pick_device
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'mae', 'psnr', 'ssim', 'subject_scores', 'mean_scores',
-           'percentile_clip', 'paired_scores', 'FIDError', 'import_pytorch_fid', 'hub_weights_path', 'find_fid_weights',
-           'fid_inception', 'random_fid_weights', 'fid_input', 'inception_features', 'feature_stats',
-           'frechet_distance', 'kid', 'volume_slices', 'real_features', 'fid_kid', 'tissue_classes', 'region_values',
-           'tissue_distances', 'slice_jumpiness', 'stacking_anisotropy', 'consistency', 'dice_score', 'dice_per_region',
+__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'SLICE_ARTEFACTS', 'NOT_ARTEFACTS', 'mae', 'psnr', 'ssim',
+           'subject_scores', 'mean_scores', 'percentile_clip', 'paired_scores', 'FIDError', 'import_pytorch_fid',
+           'hub_weights_path', 'find_fid_weights', 'fid_inception', 'random_fid_weights', 'fid_input',
+           'inception_features', 'feature_stats', 'frechet_distance', 'kid', 'volume_slices', 'real_features',
+           'fid_kid', 'tissue_classes', 'region_values', 'tissue_distances', 'difference_energies',
+           'through_plane_ratio', 'consistency', 'slice_artefact', 'plane_scores', 'dice_score', 'dice_per_region',
            'surface_distances', 'hd95', 'segmentation_scores']
 
 # %% ../nbs/12_metrics.ipynb #1b9d802a
@@ -446,48 +447,102 @@ def tissue_distances(fake:Mapping[str, Sequence[np.ndarray]]|Mapping[str, np.nda
     return out
 
 # %% ../nbs/12_metrics.ipynb #d62ad14d
-def slice_jumpiness(vol:Volume|np.ndarray, # a volume
-                    axis:int|str='axial', # the stacking axis ('axial' or 2: z in canonical RAS)
-                    mask:np.ndarray|None=None, # the brain (default: `brain_mask`)
-                    block:int=8, # in-plane block size, voxels
-                    min_fill:float=0.5, # a block counts when at least this fraction of it is brain
-                   ) -> float:
-    "Jumpiness of block-mean profiles along `axis`: energy of second over first differences (0 smooth, 3 white noise)."
+def _axis(a:int|str) -> int: return plane_axis(a) if isinstance(a, str) else int(a)
+
+def difference_energies(vol:Volume|np.ndarray, # a volume
+                        mask:np.ndarray|None=None, # the brain (default: `brain_mask`)
+                       ) -> tuple[float, float, float]:
+    "Mean squared difference between neighbouring brain voxels along x, y and z (pairs with both voxels in `mask`)."
     data = _data(vol).astype(np.float64)
-    ax = plane_axis(axis) if isinstance(axis, str) else int(axis)
     mask = brain_mask(vol) if mask is None else _as_mask(mask, data.shape, 'brain mask')
-    v, w = (np.moveaxis(a, ax, -1) for a in (np.where(mask, data, 0.0), mask.astype(np.float64)))
-    A, B = v.shape[0] // block * block, v.shape[1] // block * block
-    if A == 0 or B == 0: raise ValueError(f"the volume's plane {v.shape[:2]} is smaller than one {block}x{block} block")
-    blocks = lambda a: a[:A, :B].reshape(A // block, block, B // block, block, -1).sum((1, 3))
-    s, n = blocks(v), blocks(w)
-    m = np.where(n >= min_fill * block * block, s / np.maximum(n, 1), np.nan)    # block means (a, b, K); NaN: too little brain
-    d1, d2 = np.diff(m, axis=-1)[..., :-1], np.diff(m, 2, axis=-1)              # both start at slice k: m_k, m_k+1, m_k+2
-    ok = np.isfinite(d2)
-    den = float((d1[ok] ** 2).sum())
-    if not ok.any() or den == 0: raise ValueError("no block profile spans 3 slices with brain: nothing to measure")
-    return float((d2[ok] ** 2).sum()) / den
+    if not mask.any(): raise ValueError("the brain mask is empty: nothing to measure")
+    box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))      # the brain's bounding box: the same pairs, less work
+    data, mask, out = data[box], mask[box], []
+    for a in range(3):
+        lo, hi = (tuple(slice(None, -1) if b == a and s == 0 else slice(1, None) if b == a else slice(None) for b in range(3)) for s in (0, 1))
+        pair = mask[lo] & mask[hi]
+        if not pair.any(): raise ValueError(f"no two neighbouring brain voxels along axis {a}: nothing to measure")
+        out.append(float(((data[hi] - data[lo])[pair] ** 2).mean()))
+    return tuple(out)
 
-def stacking_anisotropy(vol:Volume|np.ndarray, axis:int|str='axial', mask:np.ndarray|None=None, block:int=8) -> float:
-    "Jumpiness along `axis` over the mean jumpiness along the two other axes (> its real counterpart: stacked slices)."
-    ax = plane_axis(axis) if isinstance(axis, str) else int(axis)
-    mask = brain_mask(vol) if mask is None else mask
-    return _anisotropy([slice_jumpiness(vol, a, mask, block) for a in range(3)], ax)
+def through_plane_ratio(vol:Volume|np.ndarray, axis:int|str='axial', mask:np.ndarray|None=None) -> float:
+    "Difference energy along `axis` (across its slices) over the mean along the two axes inside its slices."
+    e, ax = difference_energies(vol, mask), _axis(axis)
+    return e[ax] / np.mean([e[b] for b in range(3) if b != ax])
 
-def _anisotropy(j:Sequence[float], ax:int) -> float: return j[ax] / np.mean([j[a] for a in range(3) if a != ax])
-
-def consistency(fake:Volume|np.ndarray, # a translated volume, stacked along `axis`
-                reference:Volume|np.ndarray, # a real volume of the same brain, same grid
-                axis:int|str='axial', mask:np.ndarray|None=None, block:int=8) -> dict[str, float]:
-    "Jumpiness along `axis` of a translation and of a real volume and their quotient, `excess` (> 1: less consistent); the same for the anisotropy."
-    ax = plane_axis(axis) if isinstance(axis, str) else int(axis)
+def consistency(fake:Volume|np.ndarray, # a translated volume
+                reference:Volume|np.ndarray, # a volume of the same brain on the same grid: the truth (oracle), else the input
+                mask:np.ndarray|None=None, # the brain (default: `brain_mask` of the reference)
+               ) -> dict[str, dict[str, float]]:
+    "For each plane: the through-plane ratio of `fake` and of `reference` and their quotient, `excess` (1: as consistent; above: stripes across that plane's slices)."
     if _data(fake).shape != _data(reference).shape:
         raise ValueError(f"the translation {_data(fake).shape} and the reference {_data(reference).shape} are on different grids: resample one first")
     mask = brain_mask(reference) if mask is None else mask
-    (jf, jr) = ([slice_jumpiness(v, a, mask, block) for a in range(3)] for v in (fake, reference))
-    af, ar = _anisotropy(jf, ax), _anisotropy(jr, ax)
-    return {'jumpiness': jf[ax], 'reference_jumpiness': jr[ax], 'excess': jf[ax] / jr[ax],
-            'anisotropy': af, 'reference_anisotropy': ar, 'anisotropy_excess': af / ar}
+    ef, er = difference_energies(fake, mask), difference_energies(reference, mask)
+    ratio = lambda e, a: e[a] / np.mean([e[b] for b in range(3) if b != a])
+    out = {}
+    for plane in ('axial', 'coronal', 'sagittal'):
+        a = plane_axis(plane)
+        f, r = ratio(ef, a), ratio(er, a)
+        out[plane] = {'ratio': f, 'reference_ratio': r, 'excess': f / r}
+    return out
+
+# %% ../nbs/12_metrics.ipynb #82ad50ef
+SLICE_ARTEFACTS = {'gain': 'each slice times 1 + s·n', 'offset': "each slice's brain plus s·n brain standard deviations",
+                   'shift': 'each slice moved in its plane by s·n voxels (a Fourier shift: no blur)',
+                   'blur': 'each slice blurred by a Gaussian of s·|n| voxels'}   # n: one standard normal draw per slice
+NOT_ARTEFACTS = {'global gain': 'the whole volume times 1 + s',
+                 'smooth 3D noise': "a Gaussian field (sd 4 voxels in every direction) of s brain standard deviations",
+                 'white noise': 'independent noise of s brain standard deviations in every voxel'}
+
+def slice_artefact(vol:Volume|np.ndarray, # a volume (a clean one: the oracle)
+                   kind:str, # one of `SLICE_ARTEFACTS` or `NOT_ARTEFACTS`
+                   strength:float, # s
+                   axis:int|str='axial', # the stacking axis of the slice-wise artefacts
+                   mask:np.ndarray|None=None, # the brain (default: `brain_mask`)
+                   seed:int=0, # the draws n (the same for every strength: stronger means the same pattern, larger)
+                  ) -> np.ndarray:
+    "`vol` with a controlled artefact of `kind` and `strength`: the validation set of the consistency score."
+    from scipy import ndimage
+    if kind not in SLICE_ARTEFACTS and kind not in NOT_ARTEFACTS:
+        raise ValueError(f"unknown artefact {kind!r}: use one of {', '.join([*SLICE_ARTEFACTS, *NOT_ARTEFACTS])}")
+    v = _data(vol).astype(np.float64)
+    mask = brain_mask(vol) if mask is None else _as_mask(mask, v.shape, 'brain mask')
+    rng, sd = np.random.default_rng(seed), float(v[mask].std())
+    if kind == 'global gain': return v * (1 + strength)
+    if kind == 'smooth 3D noise':
+        n = ndimage.gaussian_filter(rng.normal(size=v.shape), 4.0); return v + strength * sd * n / n[mask].std()
+    if kind == 'white noise': return v + strength * sd * rng.normal(size=v.shape)
+    ax = _axis(axis)
+    v, m = np.moveaxis(v, ax, 0).copy(), np.moveaxis(mask, ax, 0)
+    n, shifts = rng.normal(size=len(v)), rng.normal(size=(len(v), 2))
+    per_slice = n[:, None, None]
+    if kind == 'gain': v = v * (1 + strength * per_slice)
+    elif kind == 'offset': v = np.where(m, v + strength * per_slice * sd, v)
+    else:
+        for k, x in enumerate(v):
+            if kind == 'shift': v[k] = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(x), strength * shifts[k])).real
+            elif strength * abs(n[k]) > 0: v[k] = ndimage.gaussian_filter(x, strength * abs(n[k]))
+    return np.moveaxis(v, 0, ax)
+
+# %% ../nbs/12_metrics.ipynb #0d6334fa
+def plane_scores(fake:Volume|np.ndarray, real:Volume|np.ndarray, # a translation and its true target, same grid
+                 brain:np.ndarray|None=None, # where to score (default: the real volume's brain mask)
+                 plane:str='axial',
+                ) -> dict[str, float]:
+    "SSIM, PSNR (dB) and MAE of the 2D slices of `plane` inside `brain` (BraSyn's clip, [0, 1]), averaged weighted by brain area."
+    f, r = _data(fake), _data(real)
+    if f.shape != r.shape: raise ValueError(f"the translated volume {f.shape} and the target {r.shape} are on different grids: resample one first")
+    brain = brain_mask(real) if brain is None else _as_mask(brain, r.shape, 'brain mask')
+    ax = plane_axis(plane)
+    f, r = (torch.from_numpy(np.moveaxis(percentile_clip(v), ax, 0)[:, None].copy()) for v in (f, r))
+    m = torch.from_numpy(np.moveaxis(brain, ax, 0)[:, None].copy())
+    w = m.flatten(1).sum(1).double()
+    keep = w > 0
+    if not keep.any(): raise ValueError("the brain mask is empty: nothing to score")
+    f, r, m, w = f[keep], r[keep], m[keep], w[keep]
+    mean = lambda x: float((x.double() * w).sum() / w.sum())
+    return {'ssim': mean(ssim(f, r, m, data_range=1.0)), 'psnr': mean(psnr(f, r, m, data_range=1.0)), 'mae': mean(mae(f, r, m, data_range=1.0))}
 
 # %% ../nbs/12_metrics.ipynb #102d1f4a
 def dice_score(pred:torch.Tensor, # (N, C, ...) binary predicted masks

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TARGET', 'KINDS', 'LEARNED', 'INPUTS', 'STRATEGIES', 'REPORT', 'TARGETS', 'QUICK', 'IDENTITY_SAME_CONTRAST',
-           'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'MAX_VALUES', 'FID_SLICING', 'MAIN_JOB',
+           'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'PLANES3', 'MAX_VALUES', 'FID_SLICING', 'MAIN_JOB',
            'HIGHER_IS_BETTER', 'REPORT_FID', 'TRUTH_SCORES', 'StrategyError', 'Step', 'Strategy', 'get_strategy',
            'ModelSpec', 'models_needed', 'model_config', 'model_key', 'finished', 'ensure_models', 'oracle_dir',
            'Chain', 'brats_id', 'write_strategy_dataset', 'slice_ssim', 'tissue_labels', 'real_tissue_values',
@@ -362,15 +362,11 @@ def write_strategy_dataset(out:str|Path, # the dataset folder to write
     return out
 
 # %% ../nbs/14_strategies.ipynb #0e6ae03a
+PLANES3 = ('axial', 'coronal', 'sagittal')
+
 def slice_ssim(fake:Volume, real:Volume, brain:np.ndarray, plane:str='axial') -> float:
     "2D SSIM per slice of `plane` (each volume clipped to its 0.5-99.5 percentiles, [0, 1], data range 1) inside `brain`, weighted by brain area."
-    ax = plane_axis(plane)
-    f, r = (torch.from_numpy(np.moveaxis(M.percentile_clip(v.data), ax, 0)[:, None].astype(np.float32)) for v in (fake, real))
-    m = torch.from_numpy(np.moveaxis(brain, ax, 0)[:, None].copy())
-    w = m.flatten(1).sum(1).double()
-    keep = w > 0
-    if not keep.any(): raise ValueError("the brain mask is empty: nothing to score")
-    return float((M.ssim(f[keep], r[keep], m[keep], data_range=1.0).double() * w[keep]).sum() / w[keep].sum())
+    return M.plane_scores(fake, real, brain, plane)['ssim']
 
 # %% ../nbs/14_strategies.ipynb #823eabc2
 def tissue_labels(subject, t1:Volume|None=None) -> np.ndarray:
@@ -411,7 +407,7 @@ def score_strategy(strategy:Strategy|str, chain:Chain, # its `oracle` None (real
                    fid_net=None, # `metrics.fid_inception(64)`, or None: no FID/KID
                    fid_seed:int=0, fid_slicing:Mapping|None=None, # `volume_slices` settings for FID (default: 64 px at 3.6 mm, axial)
                   ) -> dict[str, dict]:
-    "Per target: oracle scores on volumes and axial slices (with an oracle), tissue W1 to real BraTS, 3D consistency, FID/KID; or the error."
+    "Per target: oracle scores on volumes and on the slices of each plane (with an oracle), tissue W1 to real BraTS, 3D consistency per plane, FID/KID; or the error."
     for t in targets: get_strategy(strategy).at(t)                 # a chain that does not write the target is refused first
     from brainkit.viz import region_masks
     st, real = get_strategy(strategy), real if real is not None else {}
@@ -427,10 +423,13 @@ def score_strategy(strategy:Strategy|str, chain:Chain, # its `oracle` None (real
                 fake = chain.outputs(s, st.at(t))[-1]
                 truth = _truth(chain.oracle, s.id, t)
                 row = {'subject': s.id}
-                if truth is not None: row |= M.paired_scores(fake, truth, brain) | {'slice_ssim': slice_ssim(fake, truth, brain)}
-                # consistency against a real volume of the same brain: the truth, or (real data) the input itself
-                cons = M.consistency(fake, truth if truth is not None else t1, 'axial', brain)
-                rows[t].append(row | {'consistency_excess': cons['excess'], 'anisotropy_excess': cons['anisotropy_excess']})
+                if truth is not None:
+                    planes = {p: M.plane_scores(fake, truth, brain, p) for p in PLANES3}
+                    row |= M.paired_scores(fake, truth, brain) | {'slice_ssim': planes['axial']['ssim']} | {
+                        f'{p}_{k}': planes[p][k] for p in PLANES3 for k in ('ssim', 'psnr')}
+                # consistency against a volume of the same brain: the truth, or (real data) the input itself
+                cons = M.consistency(fake, truth if truth is not None else t1, brain)
+                rows[t].append(row | {'consistency_excess': cons['axial']['excess']} | {f'{p}_excess': cons[p]['excess'] for p in PLANES3})
                 tissues = tissue_labels(s, t1) if tissues is None else tissues
                 for n, x in M.region_values(fake, region_masks(tissues)).items(): vals[t].setdefault(n, []).append(_thin(x))
                 if fid_net is not None: feats[t].append(M.inception_features(fid_net, M.volume_slices(fake, **slicing), progress=False))
@@ -448,8 +447,9 @@ def score_strategy(strategy:Strategy|str, chain:Chain, # its `oracle` None (real
             has_truth = chain.oracle is not None
             res = {'oracle': {k: mean(k) for k in ('ssim', 'psnr', 'mae')} if has_truth else None,
                    'oracle_slices': {'ssim': mean('slice_ssim')} if has_truth else None,
+                   'oracle_planes': {p: {k: mean(f'{p}_{k}') for k in ('ssim', 'psnr')} for p in PLANES3} if has_truth else None,
                    'tissue_w1': w1 | {'mean': float(np.mean(list(w1.values())))},
-                   'consistency_excess': mean('consistency_excess'), 'anisotropy_excess': mean('anisotropy_excess'),
+                   'consistency_excess': mean('consistency_excess'), 'consistency': {p: mean(f'{p}_excess') for p in PLANES3},
                    'fid': None, 'subjects': rows[t]}
             if fid_net is not None:
                 rf = M.real_features(list(brats), t, fid_net, tumour_free=True, progress=False, **slicing)
@@ -592,10 +592,11 @@ MAIN_JOB = {   # the README's main job as a sweep of `run_strategy` (`brainkit s
     'figure': [f'{t}.oracle.mae' for t in TARGETS] + ['t2.tissue_w1.mean']}
 
 # %% ../nbs/14_strategies.ipynb #090a0447
-HIGHER_IS_BETTER = ('ssim', 'psnr')   # every other score (MAE, W1, FID, KID, consistency excess): lower is better
+HIGHER_IS_BETTER = ('ssim', 'psnr')   # every other score (MAE, W1, FID, KID): lower is better; a consistency excess: nearest 1
 REPORT_FID = {'t2': (102.47, 144.18, 73.63), 't1ce': (102.61, 116.24, 90.63), 'flair': (109.07, 115.09, 102.18)}   # the report's Table 1, strategies 1/2/3
 
 def higher_is_better(score:str) -> bool: return score.rsplit('.', 1)[-1] in HIGHER_IS_BETTER
+def _is_excess(score:str) -> bool: return score.endswith('consistency_excess') or score.rsplit('.', 2)[-2:-1] == ['consistency']
 
 def flat_rows(runs:Sequence[Mapping]) -> list[dict]:
     "One flat row per run from runs' metrics (as `15_table1` writes them: strategy, seed, and one entry per target): `<target>.<score>` columns."
@@ -621,7 +622,7 @@ def table1(rows:Sequence[Mapping], score:str='oracle.mae', # a score column with
     "The report's Table 1 for `score`: targets as rows, strategies as columns, mean ± sd over seeds (n seeds in brackets)."
     strategies = list(strategies or dict.fromkeys(r['strategy'] for r in rows))
     cols = [*strategies, *(['report FID 1/2/3'] if report else [])]
-    arrow = '→ 1' if score.endswith('consistency_excess') else '↑' if higher_is_better(score) else '↓'
+    arrow = '→ 1' if _is_excess(score) else '↑' if higher_is_better(score) else '↓'
     lines = [f'| {score} {arrow} | ' + ' | '.join(cols) + ' |', '|---|' + '---:|' * len(cols)]
     for t in targets:
         cells = []
@@ -642,7 +643,7 @@ def kendall_tau(x:Sequence[float], y:Sequence[float], p:bool=False) -> float|tup
 
 def _oriented(v:float, score:str) -> float:
     "A score as an error (lower is better): negated where higher is better; a consistency excess by its distance from 1."
-    if score.endswith('consistency_excess'): return abs(float(np.log(v)))     # smoother than the truth is no better than jumpier
+    if _is_excess(score): return abs(float(np.log(v)))     # smoother than the truth is no better than jumpier
     return -v if higher_is_better(score) else v
 
 def rank_agreement(rows:Sequence[Mapping], score:str, truth:str='oracle.mae', strategies:Sequence[str]=REPORT,
@@ -714,9 +715,15 @@ def report_markdown(rows:Sequence[Mapping], targets:Sequence[str]=TARGETS, strat
             if sc.startswith('fid.fid'):
                 out += ["For reference, the report's FID (its Table 1, strategies 1 / 2 / 3, on real HCP and BraTS): "
                         + '; '.join(f"{t} {' / '.join(map(str, REPORT_FID[t]))}" for t in targets if t in REPORT_FID) + '.', '']
-    if have('consistency_excess'):
-        out += ['### 3D consistency (jumpiness along the axial stacking axis relative to the ' + ('oracle' if truth else 'input')
-                + "'s: 1 = as consistent, below 1 smoother, above 1 jumpier)", '', table1(rows, 'consistency_excess', strategies, targets), '']
+    if have('consistency.axial'):
+        out += ['### 3D quality, plane by plane', '',
+                "Consistency excess per plane: the differences between neighbouring slices of the plane relative to those "
+                "inside them, over the same ratio of the " + ('oracle' if truth else 'input (not a reference of the same kind: compare strategies, not 1)')
+                + " (chapter 12): 1 = as consistent; above 1, the slices of that plane differ more from their neighbours.", '']
+        out += [table1(rows, f'consistency.{p}', strategies, targets) + '\n' for p in PLANES3]
+        if have('oracle_planes.coronal.ssim'):
+            out += ["Oracle SSIM of each plane's slices (a model that translated axial slices is best in the axial plane):", '']
+            out += [table1(rows, f'oracle_planes.{p}.ssim', strategies, targets) + '\n' for p in PLANES3]
     refs = [r for r in ('oracle.mae', 'oracle.ssim') if truth]
     out += ["### How each score ranks the report's three strategies" + (", and whether it agrees with the truth" if truth else ''), '',
             (f"Kendall's τ over the runs (strategy × seed) against the truth's MAE and SSIM (p in brackets; with 3 seeds "
@@ -724,7 +731,7 @@ def report_markdown(rows:Sequence[Mapping], targets:Sequence[str]=TARGETS, strat
             + "`3 best, 2 worst`: the report's conclusion (strategy 3 best, strategy 2 worst) on the means, and on how many seeds it holds.", '',
             '| score | ' + ' | '.join(f'{t}: ' + ' | '.join([f'τ vs {r.split(".")[1].upper()}' for r in refs] + ['ranking', '3 best, 2 worst']) for t in targets) + ' |',
             '|---|' + ('---:|' * len(refs) + '---|---|') * len(targets)]
-    for sc in (*TRUTH_SCORES, *dist, 'consistency_excess'):
+    for sc in (*TRUTH_SCORES, *dist, 'consistency.axial'):
         if not have(sc): continue
         taus = {r: rank_agreement(rows, sc, r, targets=targets, p=True) for r in refs}
         cells = []

@@ -148,6 +148,11 @@ def test_a_failing_stage_fails_only_the_strategies_that_use_it(tmp_path, held, c
     good = score_strategy('lookup', chain, held, ['t2'], real, brats)
     assert set(real) == {'t2'}                                      # the real BraTS tissue values, kept for the next strategy
     assert 'error' not in good['t2'] and good['t2']['oracle']['ssim'] > 0.5 and good['t2']['tissue_w1']['mean'] < 0.2
+    g = good['t2']                                                  # 3D quality per plane (a voxel-wise map: near the truth's)
+    assert set(g['consistency']) == set(g['oracle_planes']) == {'axial', 'coronal', 'sagittal'}
+    assert g['consistency_excess'] == g['consistency']['axial'] and g['oracle_planes']['axial']['ssim'] == g['oracle_slices']['ssim']
+    assert all(abs(np.log(x)) < 0.2 for x in g['consistency'].values()), g['consistency']
+    assert g['subjects'][0]['sagittal_excess'] > 0 and g['subjects'][0]['coronal_psnr'] > 10
     with pytest.raises(StrategyError, match='failed to train'): write_strategy_dataset(tmp_path/'ds', 'paired', held, chain, ['t2'], progress=False)
     assert not (tmp_path/'ds'/DATASET_FILE).exists()             # a dataset that failed is not marked finished
 
@@ -237,6 +242,7 @@ def test_real_data_has_no_oracle_and_still_gets_the_distribution_scores(classica
     chain = Chain(models, oracle=None)
     got = score_strategy('histmatch+lookup', chain, held, ['t2'], {}, list(open_dataset(samples_dir('brats'))))['t2']
     assert got['oracle'] is None and got['oracle_slices'] is None and got['tissue_w1']['mean'] > 0 and got['consistency_excess'] > 0
+    assert got['oracle_planes'] is None and set(got['consistency']) == {'axial', 'coronal', 'sagittal'}   # against the input
     assert 'no oracle' in score_strategy('upper', Chain({**models}, oracle=None), held, ['t2'], {}, [])['t2']['error']
     from brainkit.strategies import example_slices, three_planes
     fig = example_slices(held[0], ['lookup'], 't2', chain, path=tmp_path/'ex.png')
