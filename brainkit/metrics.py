@@ -29,11 +29,11 @@ from .networks import pick_device
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'SLICE_ARTEFACTS', 'NOT_ARTEFACTS', 'mae', 'psnr', 'ssim',
-           'subject_scores', 'mean_scores', 'percentile_clip', 'paired_scores', 'FIDError', 'import_pytorch_fid',
-           'hub_weights_path', 'find_fid_weights', 'fid_inception', 'random_fid_weights', 'fid_input',
-           'inception_features', 'feature_stats', 'frechet_distance', 'kid', 'volume_slices', 'real_features',
-           'fid_kid', 'tissue_classes', 'region_values', 'tissue_distances', 'difference_energies',
+__all__ = ['log', 'PLACEHOLDER_ENV', 'FID_WEIGHTS_FILE', 'FID_DIMS', 'SLICE_ARTEFACTS', 'NOT_ARTEFACTS', 'ANISOTROPIC', 'mae',
+           'psnr', 'ssim', 'subject_scores', 'mean_scores', 'percentile_clip', 'paired_scores', 'FIDError',
+           'import_pytorch_fid', 'hub_weights_path', 'find_fid_weights', 'fid_inception', 'random_fid_weights',
+           'fid_input', 'inception_features', 'feature_stats', 'frechet_distance', 'kid', 'volume_slices',
+           'real_features', 'fid_kid', 'tissue_classes', 'region_values', 'tissue_distances', 'difference_energies',
            'through_plane_ratio', 'consistency', 'slice_artefact', 'plane_scores', 'dice_score', 'dice_per_region',
            'surface_distances', 'hd95', 'segmentation_scores']
 
@@ -467,36 +467,42 @@ def difference_energies(vol:Volume|np.ndarray, # a volume
 
 def through_plane_ratio(vol:Volume|np.ndarray, axis:int|str='axial', mask:np.ndarray|None=None) -> float:
     "Difference energy along `axis` (across its slices) over the mean along the two axes inside its slices."
-    e, ax = difference_energies(vol, mask), _axis(axis)
-    return e[ax] / np.mean([e[b] for b in range(3) if b != ax])
+    return _ratio(difference_energies(vol, mask), _axis(axis))
+
+def _ratio(e:Sequence[float], ax:int) -> float:
+    inside = np.mean([e[b] for b in range(3) if b != ax])
+    if inside <= 0 or e[ax] <= 0: raise ValueError("a volume without differences between neighbouring brain voxels (constant inside the brain): no ratio")
+    return e[ax] / inside
+
+def _same_grid(a, b, what:str):
+    if _data(a).shape != _data(b).shape or (isinstance(a, Volume) and isinstance(b, Volume) and not np.allclose(a.affine, b.affine, atol=1e-4)):
+        raise ValueError(f"the {what} {_data(a).shape} and the reference {_data(b).shape} are on different grids: resample one first")
 
 def consistency(fake:Volume|np.ndarray, # a translated volume
                 reference:Volume|np.ndarray, # a volume of the same brain on the same grid: the truth (oracle), else the input
                 mask:np.ndarray|None=None, # the brain (default: `brain_mask` of the reference)
                ) -> dict[str, dict[str, float]]:
     "For each plane: the through-plane ratio of `fake` and of `reference` and their quotient, `excess` (1: as consistent; above: stripes across that plane's slices)."
-    if _data(fake).shape != _data(reference).shape:
-        raise ValueError(f"the translation {_data(fake).shape} and the reference {_data(reference).shape} are on different grids: resample one first")
+    _same_grid(fake, reference, 'translation')
     mask = brain_mask(reference) if mask is None else mask
     ef, er = difference_energies(fake, mask), difference_energies(reference, mask)
-    ratio = lambda e, a: e[a] / np.mean([e[b] for b in range(3) if b != a])
     out = {}
     for plane in ('axial', 'coronal', 'sagittal'):
-        a = plane_axis(plane)
-        f, r = ratio(ef, a), ratio(er, a)
+        f, r = _ratio(ef, plane_axis(plane)), _ratio(er, plane_axis(plane))
         out[plane] = {'ratio': f, 'reference_ratio': r, 'excess': f / r}
     return out
 
 # %% ../nbs/12_metrics.ipynb #82ad50ef
 SLICE_ARTEFACTS = {'gain': 'each slice times 1 + s·n', 'offset': "each slice's brain plus s·n brain standard deviations",
-                   'shift': 'each slice moved in its plane by s·n voxels (a Fourier shift: no blur)',
+                   'shift': 'each slice moved in its plane by s·n voxels (a Fourier shift: no blur, but it rings at edges)',
                    'blur': 'each slice blurred by a Gaussian of s·|n| voxels'}   # n: one standard normal draw per slice
 NOT_ARTEFACTS = {'global gain': 'the whole volume times 1 + s',
                  'smooth 3D noise': "a Gaussian field (sd 4 voxels in every direction) of s brain standard deviations",
                  'white noise': 'independent noise of s brain standard deviations in every voxel'}
+ANISOTROPIC = {'in-plane blur': 'every slice blurred by the same Gaussian of s voxels'}   # consistent, less detail inside slices
 
 def slice_artefact(vol:Volume|np.ndarray, # a volume (a clean one: the oracle)
-                   kind:str, # one of `SLICE_ARTEFACTS` or `NOT_ARTEFACTS`
+                   kind:str, # one of `SLICE_ARTEFACTS`, `NOT_ARTEFACTS` or `ANISOTROPIC`
                    strength:float, # s
                    axis:int|str='axial', # the stacking axis of the slice-wise artefacts
                    mask:np.ndarray|None=None, # the brain (default: `brain_mask`)
@@ -504,8 +510,8 @@ def slice_artefact(vol:Volume|np.ndarray, # a volume (a clean one: the oracle)
                   ) -> np.ndarray:
     "`vol` with a controlled artefact of `kind` and `strength`: the validation set of the consistency score."
     from scipy import ndimage
-    if kind not in SLICE_ARTEFACTS and kind not in NOT_ARTEFACTS:
-        raise ValueError(f"unknown artefact {kind!r}: use one of {', '.join([*SLICE_ARTEFACTS, *NOT_ARTEFACTS])}")
+    kinds = [*SLICE_ARTEFACTS, *NOT_ARTEFACTS, *ANISOTROPIC]
+    if kind not in kinds: raise ValueError(f"unknown artefact {kind!r}: use one of {', '.join(kinds)}")
     v = _data(vol).astype(np.float64)
     mask = brain_mask(vol) if mask is None else _as_mask(mask, v.shape, 'brain mask')
     rng, sd = np.random.default_rng(seed), float(v[mask].std())
@@ -522,7 +528,7 @@ def slice_artefact(vol:Volume|np.ndarray, # a volume (a clean one: the oracle)
     else:
         for k, x in enumerate(v):
             if kind == 'shift': v[k] = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(x), strength * shifts[k])).real
-            elif strength * abs(n[k]) > 0: v[k] = ndimage.gaussian_filter(x, strength * abs(n[k]))
+            elif (s := strength * (1.0 if kind == 'in-plane blur' else abs(n[k]))) > 0: v[k] = ndimage.gaussian_filter(x, s)
     return np.moveaxis(v, 0, ax)
 
 # %% ../nbs/12_metrics.ipynb #0d6334fa
@@ -531,8 +537,8 @@ def plane_scores(fake:Volume|np.ndarray, real:Volume|np.ndarray, # a translation
                  plane:str='axial',
                 ) -> dict[str, float]:
     "SSIM, PSNR (dB) and MAE of the 2D slices of `plane` inside `brain` (BraSyn's clip, [0, 1]), averaged weighted by brain area."
+    _same_grid(fake, real, 'translated volume')
     f, r = _data(fake), _data(real)
-    if f.shape != r.shape: raise ValueError(f"the translated volume {f.shape} and the target {r.shape} are on different grids: resample one first")
     brain = brain_mask(real) if brain is None else _as_mask(brain, r.shape, 'brain mask')
     ax = plane_axis(plane)
     f, r = (torch.from_numpy(np.moveaxis(percentile_clip(v), ax, 0)[:, None].copy()) for v in (f, r))

@@ -2,7 +2,7 @@
 against a hand-computed unbiased MMD², Dice/HD95 against hand-counted voxels and distances, the BraSyn scale against a
 volume whose percentiles are exact. FID's real code path (pytorch-fid's InceptionV3) runs with weights created here:
 there is no internet, and the error that says which file to put where is checked, as is the hub cache."""
-import os, shutil, subprocess, sys, textwrap
+import dataclasses, os, shutil, subprocess, sys, textwrap
 from pathlib import Path
 
 import numpy as np
@@ -562,10 +562,17 @@ def oracle(sid='000001', mod='t2'):
 def test_difference_energies_by_hand_and_the_excess_of_the_truth():
     ramp = np.broadcast_to(np.arange(12.)[None, None], (10, 10, 12))           # slope 1 along z, flat across
     assert M.difference_energies(ramp, np.ones(ramp.shape, bool)) == pytest.approx((0, 0, 1), abs=1e-12)
+    rng = np.random.default_rng(5)                                           # a random volume and mask, against a plain loop
+    v, m = rng.normal(size=(5, 6, 7)) ** 3, rng.random((5, 6, 7)) < 0.6
+    loop = [np.mean([(v[tuple(np.add(i, step))] - v[i]) ** 2 for i in np.ndindex(v.shape)
+                     if all(np.add(i, step) < v.shape) and m[i] and m[tuple(np.add(i, step))]]) for step in np.eye(3, dtype=int)]
+    assert M.difference_energies(v, m) == pytest.approx(loop, rel=1e-12)
+    assert M.difference_energies(v, m) != pytest.approx(M.difference_energies(v, np.ones(v.shape, bool)), rel=1e-3)
     mask = np.zeros(ramp.shape, bool); mask[2:5, 2:5, 3:6] = True; mask[8, 8, 9] = True   # a lone voxel has no pair
     assert M.difference_energies(ramp * 3, mask) == pytest.approx((0, 0, 9), abs=1e-12)
     with pytest.raises(ValueError, match='empty'): M.difference_energies(ramp, np.zeros(ramp.shape, bool))
     with pytest.raises(ValueError, match='no two neighbouring'): M.difference_energies(ramp, mask & (np.arange(12) == 4))
+    with pytest.raises(ValueError, match='no ratio'): M.through_plane_ratio(np.ones((6, 6, 6)), 'axial', np.ones((6, 6, 6), bool))
     o, brain = oracle()
     c = consistency(2.5 * o.data - 40, o, brain)                              # any affine intensity map: exactly 1
     assert set(c) == {'axial', 'coronal', 'sagittal'}
@@ -586,7 +593,7 @@ def test_the_score_rises_with_every_slice_wise_artefact_and_stays_flat_under_the
     smooth 3D noise. Measured margins (all 8 oracle t2 volumes, chapter 12): a first step raises it by 0.2-2.5 %;
     smooth noise moves it by at most 1 %, white noise of 0.2 brain sd by at most 4 %."""
     o, brain = oracle(sid, mod)
-    for axis in ('axial', 'sagittal'):
+    for axis in ('axial', 'coronal', 'sagittal'):
         ref = M.through_plane_ratio(o, axis, brain)
         for kind, strengths in ARTEFACT_STRENGTHS.items():
             for pattern in (0, 1):
@@ -596,6 +603,8 @@ def test_the_score_rises_with_every_slice_wise_artefact_and_stays_flat_under_the
         for s in (.1, .2, .4):
             assert abs(M.through_plane_ratio(M.slice_artefact(o, 'smooth 3D noise', s, axis, brain), axis, brain) / ref - 1) < 0.03
         assert abs(M.through_plane_ratio(M.slice_artefact(o, 'white noise', .2, axis, brain), axis, brain) / ref - 1) < 0.1
+        alike = [M.through_plane_ratio(M.slice_artefact(o, 'in-plane blur', s, axis, brain), axis, brain) / ref for s in (.5, 1, 2)]
+        assert np.all(np.diff(alike) > 0) and alike[0] > 1       # a uniform in-plane blur raises it too: the score compares detail
     # the stripes of one stacking axis show along it: above 1 there, below 1 in the two other planes (their in-plane axes)
     c = consistency(M.slice_artefact(o, 'gain', .08, 'axial', brain), o, brain)
     assert c['axial']['excess'] > 1.2 and c['coronal']['excess'] < 1 and c['sagittal']['excess'] < 1
@@ -609,6 +618,10 @@ def test_plane_scores_see_slice_wise_errors_outside_their_plane():
     ps = {p: M.plane_scores(x, o, brain, p) for p in ('axial', 'coronal', 'sagittal')}
     for k in ('ssim', 'psnr'): assert ps['axial'][k] > max(ps['coronal'][k], ps['sagittal'][k]), (k, ps)
     for p in ps: assert ps[p]['mae'] == pytest.approx(paired_scores(x, o, brain)['mae'], rel=1e-4)   # area-weighted: the volume's
+    aff = o.affine.copy(); aff[0, 3] += 5                                     # the same shape, moved 5 mm: another grid
+    shifted = dataclasses.replace(o, affine=aff)
+    with pytest.raises(ValueError, match='different grids'): M.plane_scores(x, shifted, brain)
+    with pytest.raises(ValueError, match='different grids'): consistency(x, shifted, brain)
     with pytest.raises(ValueError, match='different grids'): M.plane_scores(o.data[:-1], o.data, brain[:-1])
 
 
