@@ -48,8 +48,9 @@ run: $(STAMP)
 test: $(STAMP)
 	# two test workers, one math thread each: most tests are short, and start-up and waiting dominate a serial run
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 --dist loadfile
-	# two notebooks at a time on 2 cores: one math thread each (oversubscribed OpenMP threads spin and slow training ~5x)
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	# two notebooks at a time on 2 cores: one math thread each (oversubscribed OpenMP threads spin and slow training ~5x);
+	# nbdev's notebook test, the slowest notebooks first (.ci/nbtest.py), so that no long one runs alone at the end
+	OMP_NUM_THREADS=1 $(BIN)/python .ci/nbtest.py 2
 
 # --- developer helpers (not part of the two commands) ---
 export: $(STAMP)  ## notebooks -> brainkit/, then clean notebooks and rebuild README.md

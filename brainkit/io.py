@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'RAS', 'OBLIQUE_TOL_DEG', 'NIFTI_SUFFIXES', 'GZIP_MAGIC', 'GZIP_MAX_RATIO', 'BRATS_LABELS', 'REGIONS',
-           'REGION_NAMES', 'STALE_TEMP_AGE_S', 'PLANES', 'MODALITIES', 'LABEL_KEYS', 'BRATS4', 'LAYOUTS',
+           'REGION_NAMES', 'STALE_TEMP_AGE_S', 'PLANES', 'MODALITIES', 'LABEL_KEYS', 'ESTIMATES', 'BRATS4', 'LAYOUTS',
            'DATASET_FILE', 'WRITING_FILE', 'SAMPLES', 'BrainkitError', 'MissingFileError', 'MissingModalityError',
            'UnreadableFileError', 'DimensionError', 'GeometryMismatchError', 'NonFiniteError', 'EmptyVolumeError',
            'LabelValueError', 'DatasetLayoutError', 'BrokenLinkError', 'DatasetScanError', 'WriteError', 'human_bytes',
@@ -607,6 +607,7 @@ def take_slice(data:np.ndarray, # canonical RAS array (..., X, Y, Z) with option
 # %% ../nbs/00_io.ipynb #54fa3097
 MODALITIES = ('t1', 't1ce', 't2', 'flair', 'dwi', 'adc', 'swi', 'asl')
 LABEL_KEYS = ('seg', 'tissues')  # tumour labels, and the phantom's tissue labels (0 bg, 1 CSF, 2 GM, 3 WM)
+ESTIMATES = tuple(f'{m}_prev' for m in MODALITIES)  # a previous stage's estimate of a modality, which a later stage reads as an input
 
 @dataclass(frozen=True)
 class Layout:
@@ -659,8 +660,8 @@ LAYOUTS = {
                   'HCP: <subject>/T1w/{T1w,T2w}_acpc_dc_restore_brain.nii.gz'),
     'ucsf_pdgm': Layout('ucsf_pdgm', r'(?P<id>UCSF-PDGM-\d{3,4})_nifti', _ucsf, BRATS4, (0, 1, 2, 4), None,
                         'UCSF-PDGM: UCSF-PDGM-0004_nifti/UCSF-PDGM-0004_{T1,T1c,T2,FLAIR,DWI,ADC,SWI,ASL,tumor_segmentation}.nii.gz'),
-    'subjects': Layout('subjects', r'(?P<id>[^.].*)', {m: f'{{id}}_{m}.nii.gz' for m in MODALITIES + LABEL_KEYS}, (),
-                       (0, 1, 2, 4), None, 'generic: <id>/<id>_<modality>.nii.gz with unified modality names'),
+    'subjects': Layout('subjects', r'(?P<id>[^.].*)', {m: f'{{id}}_{m}.nii.gz' for m in MODALITIES + ESTIMATES + LABEL_KEYS}, (),
+                       (0, 1, 2, 4), None, 'generic: <id>/<id>_<modality>.nii.gz with unified modality names (and <modality>_prev: a previous stage estimate)'),
     'folder': Layout('folder', '', {}, (), None, None, 'a plain folder of NIfTI files, one subject per file'),
 }
 

@@ -17,8 +17,8 @@ from .io import BrainkitError
 __all__ = ['NORMS', 'INITS', 'GENERATORS', 'DISCRIMINATORS', 'REFERENCE_COUNTS', 'NetworkInputError', 'norm_layer', 'sync_norm',
            'check_input', 'UnetBlock', 'UnetGenerator', 'unet_levels', 'ResnetBlock', 'ResnetGenerator',
            'NLayerDiscriminator', 'PixelDiscriminator', 'receptive_field', 'init_weights', 'GeneratorSpec',
-           'generator_spec', 'generator', 'discriminator', 'n_params', 'build', 'unet_diagram', 'SegUNet',
-           'pick_device']
+           'generator_spec', 'generator', 'ResidualOutput', 'discriminator', 'n_params', 'build', 'unet_diagram',
+           'SegUNet', 'pick_device']
 
 # %% ../nbs/06_networks.ipynb #efba2c47
 NORMS = ('batch', 'instance', 'none')
@@ -253,11 +253,22 @@ def generator_spec(name:str) -> GeneratorSpec:
 def generator(name:str='resnet_9blocks', # one of `GENERATORS`
               in_ch:int=1, out_ch:int=1, ngf:int=64,
               norm:str='instance', # 'batch', 'instance' or 'none'
-              dropout:bool=False, init:str='normal', gain:float=0.02) -> nn.Module:
+              dropout:bool=False, init:str='normal', gain:float=0.02,
+              residual:bool=False, # ProvoGAN's later stages: the last input channel is a previous estimate, corrected (`ResidualOutput`)
+             ) -> nn.Module:
     "A generator by its reference name, initialized; `net.spec` records how it was built."
-    net = generator_spec(name).build(in_ch, out_ch, ngf, norm, dropout)
-    net.spec = dict(kind='generator', name=name, in_ch=in_ch, out_ch=out_ch, ngf=ngf, norm=norm, dropout=dropout)
-    return init_weights(net, init, gain)
+    net = init_weights(generator_spec(name).build(in_ch, out_ch, ngf, norm, dropout), init, gain)
+    spec = dict(kind='generator', name=name, in_ch=in_ch, out_ch=out_ch, ngf=ngf, norm=norm, dropout=dropout)
+    if residual:
+        if in_ch < 2 or out_ch != 1: raise ValueError(f"a residual generator takes the previous estimate as its last of at least 2 input channels and gives 1, not {in_ch} -> {out_ch}")
+        net, spec = ResidualOutput(net), spec | {'residual': True}
+    net.spec = spec
+    return net
+
+class ResidualOutput(nn.Module):
+    "`net` as a correction of its last input channel: prev − 2·net(x), clamped to [−1, 1] (ProvoGAN's stages 2 and 3)."
+    def __init__(self, net:nn.Module): super().__init__(); self.net = net
+    def forward(self, x:torch.Tensor) -> torch.Tensor: return (x[:, -1:] - 2 * self.net(x)).clamp(-1, 1)
 
 def discriminator(name:str='basic', # 'basic' (3-layer PatchGAN), 'n_layers' or 'pixel'
                   in_ch:int=1, ndf:int=64, n_layers:int=3, norm:str='instance', init:str='normal', gain:float=0.02) -> nn.Module:

@@ -38,6 +38,7 @@ class Pix2PixConfig(GANConfig):
     target: str = 't2' # the modality to produce
     split_file: str|None = None # or a JSON split {"train": [...], "val": [...], "test": [...]}
     lambda_l1: float = 100.0 # weight of L1(fake, target)
+    residual: bool = False # the last source is a previous estimate of the target, which G corrects (ProvoGAN's stages 2 and 3)
     size: int = 96 # in-plane crop/pad, pixels (reference: 256)
     netG: str = 'unet_32' # generator, one of unet_32, unet_64, unet_128, unet_256 (a U-Net; sizes divisible by its number), resnet_6blocks, resnet_9blocks; reference: unet_256
     ngf: int = 16 # generator filters in the first layer (reference: 64)
@@ -54,7 +55,8 @@ class Pix2PixConfig(GANConfig):
         checks = [(bool(self.sources) and len(set(self.sources)) == len(self.sources), f"sources must be distinct modalities, not {self.sources}"),
                   (self.target not in self.sources, f"target {self.target!r} is also a source"),
                   (self.dataset == 'auto' or self.dataset in LAYOUTS, f"dataset must be 'auto' or one of {', '.join(LAYOUTS)}"),
-                  (self.lambda_l1 >= 0, "lambda_l1 must be at least 0")]
+                  (self.lambda_l1 >= 0, "lambda_l1 must be at least 0"),
+                  (not self.residual or len(self.sources) >= 2, "residual needs at least 2 sources: the inputs, then the previous estimate")]
         return super().problems() + [msg for ok, msg in checks if not ok]
 
 # %% ../nbs/09_pix2pix.ipynb #3ab41e06
@@ -68,7 +70,7 @@ class Pix2Pix:
     def __init__(self, cfg:Pix2PixConfig, device:str|torch.device='cpu', dist:Dist|None=None):
         self.cfg, self.device, self.dist = cfg, torch.device(device), dist or Dist()
         n_in = len(cfg.sources)
-        self.G = generator(cfg.netG, n_in, 1, cfg.ngf, cfg.norm, cfg.dropout, cfg.init).to(self.device)
+        self.G = generator(cfg.netG, n_in, 1, cfg.ngf, cfg.norm, cfg.dropout, cfg.init, residual=cfg.residual).to(self.device)
         self.D = discriminator(cfg.netD, n_in + 1, cfg.ndf, cfg.n_layers_D, cfg.norm, cfg.init).to(self.device)
         self.g, self.d = wrap_ddp(self.G, self.dist, self.device), wrap_ddp(self.D, self.dist, self.device)
         betas = (cfg.beta1, 0.999)

@@ -352,3 +352,34 @@ def test_the_samples_oracle_scores_the_hcp_samples_however_they_are_named(tmp_pa
     m = train_cyclegan(CycleGANConfig(**{**CYC, 'epochs_decay': 0, 'sample_every': 0}, a_data=str(samples_dir('hcp'))),
                        tmp_path/'run', progress=False)
     assert set(m['oracle']) == {'ssim', 'psnr', 'mae'} and len(m['oracle_subjects']) == 2
+
+
+def test_a_residual_pix2pix_corrects_a_previous_estimate_read_from_the_subjects_layout(tmp_path):
+    "ProvoGAN's later stages: the last source is `<target>_prev`, a previous estimate; G outputs prev − 2·residual."
+    from brainkit.io import load_volume, open_dataset, save_volume, samples_dir
+    from brainkit.networks import ResidualOutput
+    from brainkit.translate import translate_volume
+    from scipy import ndimage
+    subjects = list(open_dataset(samples_dir('brats')))[:6]
+    for s in subjects:                                    # a 'subjects' folder: t1, t2, and a blurred t2 as the estimate
+        v = s.load(['t1', 't2'])
+        for m, x in (('t1', v['t1']), ('t2', v['t2']), ('t2_prev', v['t2'].with_data(ndimage.gaussian_filter(v['t2'].data, 1.5)))):
+            save_volume(x, tmp_path/'stage'/s.id/f'{s.id}_{m}.nii.gz')
+    ds = open_dataset(tmp_path/'stage', 'subjects')        # (BraTS-like ids: 'auto' would take it for BraTS 2021)
+    assert 't2_prev' in ds.subjects[0].files and ds.subjects[0].path('t2_prev').is_file()
+    cfg = {**P2P, 'data': str(tmp_path/'stage'), 'sources': ['t1', 't2_prev'], 'target': 't2', 'plane': 'sagittal',
+           'dataset': 'subjects', 'residual': True, 'epochs': 1, 'epochs_decay': 0, 'spacing': None}   # the volumes' own grid: no resampling
+    with one_thread(): train_pix2pix(cfg, tmp_path/'run', progress=False)
+    G, info = load_translator(tmp_path/'run', device='cpu')
+    assert isinstance(G, ResidualOutput) and info['sources'] == ['t1', 't2_prev'] and info['plane'] == 'sagittal'
+    s = ds.subjects[0].load(['t1', 't2', 't2_prev'])
+    out = translate_volume(G, info, {'t1': s['t1'], 't2_prev': s['t2_prev']}, denormalize=False)
+    assert out.shape == s['t2'].shape
+    with torch.no_grad():                                 # a generator that outputs 0 passes the estimate through
+        for p in G.net.parameters(): p.zero_()
+    same = translate_volume(G, info, {'t1': s['t1'], 't2_prev': s['t2_prev']}, denormalize=False)
+    from brainkit.preprocess import Normalizer, brain_mask
+    est, _ = Normalizer.from_dict(info['normalizers']['t2_prev']).apply(s['t2_prev'], brain_mask(s['t2_prev']))
+    brain = brain_mask(s['t1'])
+    assert np.abs(same.data[brain] - np.clip(est, -1, 1)[brain]).max() < 1e-5
+    with pytest.raises(ValueError, match='residual needs at least 2 sources'): Pix2PixConfig(**{**cfg, 'sources': ['t2_prev']})
