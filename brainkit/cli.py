@@ -446,6 +446,52 @@ def _strategies_run(args) -> int:
     print(f"{len(res.rows) - len(res.failed())} of {len(res.rows)} runs finished in {res.folder}\n")
     return _table1(res.folder)
 
+# %% ../nbs/90_cli.ipynb #fc4881d2
+def _progressive_train(args) -> int:
+    "Train (or reuse) a strategy's models and its later stages (chapter 16); print each stage's folder."
+    from brainkit.progressive import train_stages
+    try: settings = json.loads(args.settings) if args.settings else None
+    except ValueError as e: raise BrainkitError('--settings', f"is not JSON ({e})", """write it like '{"pix2pix": {"epochs": 20}, "stage": {"lr": 0.0002}}'""") from None
+    _, later = train_stages(args.strategy, args.target, args.order, args.stages, args.train_on, args.seed, settings, args.hcp,
+                            args.brats, args.models_dir, args.device, progress=not args.quiet)
+    failed = [(t, k, f) for t, fs in later.items() for k, f in enumerate(fs, 2) if isinstance(f, BaseException)]
+    for t, fs in later.items():
+        for k, f in enumerate(fs, 2): print(f"{t} stage {k}: {'failed: ' + str(f) if isinstance(f, BaseException) else f}", file=sys.stderr if isinstance(f, BaseException) else sys.stdout)
+    folders = [str(f) for fs in later.values() for f in fs if not isinstance(f, BaseException)]
+    if folders and not failed: print(f"apply them to a strategy's dataset: brainkit progressive apply --input DATASET --out OUT --models {' '.join(folders)}")
+    if not folders and not failed: print(f"order {args.order} with {args.stages} stage(s) has no later stage: the strategy alone")
+    return 1 if failed else 0
+
+def _progressive_apply(args) -> int:
+    "Refine a dataset of first-stage outputs with later stages; one dataset per stage."
+    from brainkit.io import DatasetScanError
+    from brainkit.progressive import apply_stages
+    try: outs = apply_stages(args.input, args.models, args.out, args.device, args.batch_size, progress=not args.quiet)
+    except DatasetScanError as e: return _some_failed(e)
+    for o in outs: print(o)
+    return 0
+
+def _progressive_table(args) -> int:
+    "Print (and write as progressive.md) the stage tables of a sweep of run_progressive; progressive.json: the runs' scores, per-subject rows left out."
+    from brainkit.experiments import run_status
+    from brainkit.io import atomic_write_bytes
+    from brainkit.progressive import progressive_report
+    folder = Path(args.run_dir)
+    runs, skipped = [], 0
+    for m in sorted(folder.glob('*/out/metrics.json')):
+        r = json.loads(m.read_text()) if run_status(m.parent.parent)['status'] == 'done' else None
+        if r and 'stage1' in r: runs.append(r)
+        else: skipped += 1
+    if not runs: raise BrainkitError(folder, "holds no finished run of run_progressive (no <run>/out/metrics.json with stages)",
+                                     "run a sweep into it first: brainkit sweep nbs/sweeps/progressive.yaml")
+    text = progressive_report(runs)
+    atomic_write_bytes(folder/'progressive.md', (text + '\n').encode())
+    strip = lambda r: {k: ({t: {kk: vv for kk, vv in v.items() if kk != 'subjects'} if isinstance(v, dict) else v for t, v in m.items()}
+                           if k.startswith('stage') and isinstance(m, dict) else m) for k, m in r.items()}
+    atomic_write_bytes(folder/'progressive.json', (json.dumps({'runs': [strip(r) for r in runs]}, indent=1) + '\n').encode())
+    print(text + (f"\n\n({skipped} run(s) not finished or not of run_progressive: left out)" if skipped else ''))
+    return 0
+
 # %% ../nbs/90_cli.ipynb #6bafcc74
 def _global_options(p:argparse.ArgumentParser, default=False) -> argparse.ArgumentParser:
     "Add the options every command takes, before or after its name (`brainkit -q scan DIR` or `brainkit scan DIR -q`)."
@@ -502,7 +548,7 @@ def _data_commands(sub):
 
 # %% ../nbs/90_cli.ipynb #118ed6b1
 def _experiment_commands(sub):
-    "`lessons`, `sweep`, `results`, `strategies run` and `strategies table`: notebooks and functions as experiments."
+    "`lessons`, `sweep`, `results`, `strategies run|table` and `progressive train|apply|table`: notebooks and functions as experiments."
     s = sub.add_parser('lessons', help="execute every lesson notebook with papermill into runs/lessons/")
     s.add_argument('--nbs', default='nbs', help='folder of the notebooks'); s.add_argument('--out', default='runs/lessons')
     s.add_argument('--only', nargs='+', help='run only notebooks whose names start with these (e.g. 00 01_phantom)')
@@ -528,6 +574,29 @@ def _experiment_commands(sub):
     t = ss.add_parser('table', help="Table 1 by the truth and by each distribution metric, and their rank agreement, from a sweep of the strategies")
     t.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (the main job's: runs/strategies)")
     t.set_defaults(func=_strategies_table)
+    s = sub.add_parser('progressive', help="progressive 2D volumetrization (chapter 16): `train` later stages, `apply` them to a dataset, `table RUN_DIR`")
+    ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
+    r = ss.add_parser('train', help="train (or reuse) a strategy's models and its later stages; print each stage's folder")
+    r.add_argument('--strategy', default='paired', help="the strategy whose last model is stage 1 (default paired)")
+    r.add_argument('--target', nargs='+', default=['t2'], help="target modalities (default t2)")
+    r.add_argument('--order', default='ASC', help="the stages' planes by letter: A axial, S sagittal, C coronal (default ASC)")
+    r.add_argument('--stages', type=_positive, default=3, help="how many stages, 1 to the order's length (default 3)")
+    r.add_argument('--train-on', default='brats', choices=('brats', 'self'), help="later stages learn from BraTS pairs (ProvoGAN) or the strategy's own HCP outputs")
+    r.add_argument('--seed', type=int, default=0, help='the training seed (default 0)')
+    r.add_argument('--settings', default=None, help="""JSON, per kind over the quick settings, e.g. '{"pix2pix": {"epochs": 20}, "stage": {"lr": 0.0002}}'""")
+    r.add_argument('--hcp', default=None, help='the HCP folder (default: the samples)'); r.add_argument('--brats', default=None, help='the BraTS folder (default: the samples)')
+    r.add_argument('--models-dir', default='runs/progressive/models', help='where models and stages are kept, and reused (default runs/progressive/models)')
+    r.add_argument('--device', default='auto')
+    r.set_defaults(func=_progressive_train)
+    a = ss.add_parser('apply', help="refine a dataset of first-stage outputs (a strategy's dataset/) with later stages: OUT/stage2, OUT/stage3")
+    a.add_argument('--input', required=True, help="a dataset with each subject's source and targets (e.g. runs/strategies/<run>/out/dataset)")
+    a.add_argument('--models', nargs='+', required=True, help="the later stages' folders (brainkit progressive train prints them), stage 2 before stage 3")
+    a.add_argument('--out', required=True, help='the folder for stage2/, stage3/')
+    a.add_argument('--device', default='auto'); a.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
+    a.set_defaults(func=_progressive_apply)
+    t = ss.add_parser('table', help="the stage tables (mean ± sd over seeds) of a sweep of run_progressive")
+    t.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (nbs/sweeps/progressive.yaml's: runs/progressive)")
+    t.set_defaults(func=_progressive_table)
 
 def _segment_commands(sub):
     "`segment train` and `segment predict`."
@@ -577,7 +646,7 @@ def _translation_commands(sub):
     s.add_argument('--device', default='auto'); s.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
     s.set_defaults(func=_translate)
 
-LIGHT = ('info', 'scan', 'samples', 'lessons', 'sweep', 'results', 'strategies') # commands whose parsers need no torch (`strategies table` imports it when it runs)
+LIGHT = ('info', 'scan', 'samples', 'lessons', 'sweep', 'results', 'strategies', 'progressive') # commands whose parsers need no torch (`strategies table` imports it when it runs)
 
 def parser(heavy:bool=True, # also the commands whose options come from torch-based configs (segment, train, baseline, translate)
           ) -> argparse.ArgumentParser:

@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TARGET', 'KINDS', 'LEARNED', 'INPUTS', 'STRATEGIES', 'REPORT', 'TARGETS', 'QUICK', 'IDENTITY_SAME_CONTRAST',
-           'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'PLANES3', 'MAX_VALUES', 'FID_SLICING', 'MAIN_JOB',
-           'HIGHER_IS_BETTER', 'REPORT_FID', 'TRUTH_SCORES', 'StrategyError', 'Step', 'Strategy', 'get_strategy',
-           'ModelSpec', 'models_needed', 'model_config', 'model_key', 'finished', 'ensure_models', 'oracle_dir',
-           'Chain', 'brats_id', 'write_strategy_dataset', 'slice_ssim', 'tissue_labels', 'real_tissue_values',
-           'score_strategy', 'slices_figure', 'example_slices', 'dataset_volume', 'compare_figure', 'three_planes',
-           'run_strategy', 'higher_is_better', 'flat_rows', 'table1', 'kendall_tau', 'rank_agreement', 'ranking',
-           'report_conclusion_holds', 'seeds_holding', 'report_markdown']
+           'NOT_IN_KEY', 'MODEL_METRICS', 'TRAINED', 'FIRST_ID', 'WRITING', 'PLANES3', 'MAX_VALUES', 'FID_SLICING',
+           'MAIN_JOB', 'HIGHER_IS_BETTER', 'REPORT_FID', 'TRUTH_SCORES', 'StrategyError', 'Step', 'Strategy',
+           'get_strategy', 'ModelSpec', 'models_needed', 'model_config', 'model_key', 'finished', 'ensure_models',
+           'oracle_dir', 'oracle_volume', 'Chain', 'brats_id', 'claim_folder', 'write_strategy_dataset', 'slice_ssim',
+           'tissue_labels', 'real_tissue_values', 'score_strategy', 'slices_figure', 'example_slices', 'dataset_volume',
+           'compare_figure', 'three_planes', 'run_strategy', 'higher_is_better', 'flat_rows', 'mean_sd', 'table1',
+           'kendall_tau', 'rank_agreement', 'ranking', 'report_conclusion_holds', 'seeds_holding', 'report_markdown']
 
 # %% ../nbs/14_strategies.ipynb #f82b36c0
 TARGET = '{target}'   # in a step: the strategy's target modality
@@ -138,7 +138,7 @@ QUICK = {'pix2pix': dict(size=96, spacing=2.4, netG='unet_32', ngf=32, ndf=32, l
          'cyclegan': dict(size=64, spacing=3.6, netG='unet_32', ngf=16, ndf=16, lr=5e-4, batch_size=4, pool_size=50,
                           pairing='position_range', epochs=1, epochs_decay=0)}
 IDENTITY_SAME_CONTRAST = 2.0   # CycleGAN's identity weight for t1 -> t1 (0 when the contrasts differ)
-_NOT_IN_KEY = ('device', 'workers', 'save_every', 'sample_every', 'tensorboard')   # settings that do not change the model
+NOT_IN_KEY = ('device', 'workers', 'save_every', 'sample_every', 'tensorboard')   # settings that do not change the model
 
 def model_config(spec:ModelSpec, seed:int=0, # the training's seed (the subject splits stay fixed: split_seed 0)
                  settings:Mapping|None=None, # per kind: config fields over `QUICK`, e.g. {'pix2pix': {'epochs': 20}}
@@ -158,7 +158,7 @@ def model_config(spec:ModelSpec, seed:int=0, # the training's seed (the subject 
 
 def model_key(spec:ModelSpec, cfg) -> str:
     "The folder name of a trained model: kind, modalities, seed (learned kinds) and a hash of every setting that shapes it."
-    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    d = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
     h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
     seed = f"_seed{cfg.seed}" if spec.kind in LEARNED else ''
     return f"{spec.kind}_{spec.source}-{spec.target}{seed}_{h}"
@@ -230,7 +230,7 @@ def oracle_dir(hcp:str|Path|None=None) -> Path|None:
     "The oracle folder of the HCP brains (the samples': `oracle/HCP_in_BraTS_contrast`; real HCP has none)."
     return samples_dir('oracle') if hcp is None else None
 
-def _truth(oracle:str|Path|None, subject_id:str, target:str) -> Volume|None:
+def oracle_volume(oracle:str|Path|None, subject_id:str, target:str) -> Volume|None:
     "The oracle's `target` volume of HCP subject `subject_id` (None without an oracle: real data)."
     return load_volume(Path(oracle)/subject_id/f'{subject_id}_{target}.nii.gz') if oracle is not None else None
 
@@ -284,13 +284,18 @@ class Chain:
         x = load_volume(self.input_file(subject, step))
         return _with_site_noise(x, subject.id, step.source) if step.input == 'oracle+noise' else x
 
+    def step_input(self, subject, steps:Sequence[Step]) -> Volume:
+        "The volume the last of `steps` reads: the step before's output (the chain's input brain kept brain), or its own input."
+        s = steps[-1]
+        if len(steps) > 1 and s.input == 'prev': return _keep_brain(self.outputs(subject, steps[:-1])[-1], self.input(subject, steps[0]))
+        return self.input(subject, s)
+
     def outputs(self, subject, steps:Sequence[Step]) -> list[Volume]:
         "Every step's output volume for one subject (memoized by the chain's start)."
         key = (subject.id, tuple(steps))
         if key in self._memo: self._memo.move_to_end(key); return self._memo[key]
         prev = self.outputs(subject, steps[:-1]) if len(steps) > 1 else []
-        s = steps[-1]
-        x = _keep_brain(prev[-1], self.input(subject, steps[0])) if prev and s.input == 'prev' else self.input(subject, s)
+        s, x = steps[-1], self.step_input(subject, steps)
         G, info = self.translator(ModelSpec(s.kind, s.source, s.target))
         y = translate_volume(G, info, {s.source: x}, batch_size=self.batch_size)
         self._memo[key] = out = [*prev, y]
@@ -316,8 +321,8 @@ def _step_provenance(chain:Chain, steps:Sequence[Step]) -> list[dict]:
 
 WRITING = WRITING_FILE # in a strategy dataset folder while it is being written: the readers refuse it
 
-def _claim_folder(out:Path, keep:set[str]):
-    "Make `out` ready for a strategy dataset: refuse a folder brainkit did not write; drop subject folders it will not rewrite."
+def claim_folder(out:Path, keep:set[str]):
+    "Make `out` ready for a dataset brainkit writes: refuse a folder brainkit did not write; drop subject folders it will not rewrite."
     if out.exists() and any(out.iterdir()) and not (out/DATASET_FILE).exists() and not (out/WRITING).exists():
         raise StrategyError(out, "exists and is not a dataset that brainkit wrote (no brainkit-dataset.json): refusing to write into it",
                             "give another output folder, or empty this one")
@@ -335,7 +340,7 @@ def write_strategy_dataset(out:str|Path, # the dataset folder to write
     from tqdm.auto import tqdm
     st, out = get_strategy(strategy), Path(out)
     for t in targets: st.at(t)                                      # a chain that cannot make a target is refused first
-    _claim_folder(out, {brats_id(i, first_id) for i in range(len(subjects))})
+    claim_folder(out, {brats_id(i, first_id) for i in range(len(subjects))})
     ids = {}
     for i, s in enumerate(tqdm(subjects, desc=f'{st.name} dataset', disable=not progress, leave=False)):
         bid = ids[s.id] = brats_id(i, first_id)
@@ -421,7 +426,7 @@ def score_strategy(strategy:Strategy|str, chain:Chain, # its `oracle` None (real
             if t in errors: continue
             try:
                 fake = chain.outputs(s, st.at(t))[-1]
-                truth = _truth(chain.oracle, s.id, t)
+                truth = oracle_volume(chain.oracle, s.id, t)
                 row = {'subject': s.id}
                 if truth is not None:
                     planes = {p: M.plane_scores(fake, truth, brain, p) for p in PLANES3}
@@ -477,7 +482,7 @@ def slices_figure(columns:Sequence[tuple[str, Volume]], # (title, volume) per co
 
 def example_slices(subject, strategies, target, chain, n=3, path=None):
     "The report's Figures 17-20: `n` axial slices of `subject`, its HCP input, each strategy's `target` and the oracle (if any)."
-    truth = _truth(chain.oracle, subject.id, target)
+    truth = oracle_volume(chain.oracle, subject.id, target)
     cols = [('HCP t1 (input)', subject.load(['t1'])['t1'])] + [(s, chain.outputs(subject, get_strategy(s).at(target))[-1]) for s in strategies]
     return slices_figure(cols + ([(f'oracle {target}', truth)] if truth is not None else []), n, path)
 
@@ -493,7 +498,7 @@ def dataset_volume(dataset:str|Path, # a strategy dataset (`write_strategy_datas
 def compare_figure(datasets:Mapping[str, str|Path], # strategy name -> its dataset
                    subject, target:str, oracle:str|Path|None=None, n:int=3, path=None):
     "Figures 17-20 from written datasets: the HCP input, each strategy's `target` for `subject`, and the oracle (if any)."
-    truth = _truth(oracle, subject.id, target)
+    truth = oracle_volume(oracle, subject.id, target)
     cols = [('HCP t1 (input)', subject.load(['t1'])['t1'])] + [(s, dataset_volume(d, subject.id, target)) for s, d in datasets.items()]
     return slices_figure(cols + ([(f'oracle {target}', truth)] if truth is not None else []), n, path)
 
@@ -502,7 +507,7 @@ def three_planes(subject, strategies, target, chain, path=None):
     "Rows: each strategy's `target` for `subject` (and the oracle); columns: axial, coronal and sagittal mid-slices."
     import matplotlib.pyplot as plt
     from brainkit.viz import show_slice
-    truth = _truth(chain.oracle, subject.id, target)
+    truth = oracle_volume(chain.oracle, subject.id, target)
     rows = [(n_, chain.outputs(subject, get_strategy(n_).at(target))[-1]) for n_ in strategies] + ([(f'oracle {target}', truth)] if truth is not None else [])
     fig, axes = plt.subplots(len(rows), 3, figsize=(5.4, 1.8 * len(rows)), squeeze=False)
     for r, (name, v) in enumerate(rows):
@@ -613,7 +618,8 @@ def _values(rows, strategy, target, score) -> list[float]:
     return [r[f'{target}.{score}'] for r in rows if r['strategy'] == strategy and r.get('status', 'done') == 'done'
             and isinstance(r.get(f'{target}.{score}'), (int, float))]
 
-def _pm(v:list[float]) -> str:
+def mean_sd(v:list[float]) -> str:
+    "The mean ± sample sd of `v` (3 decimals; the mean alone for one value, '' for none)."
     if not v: return ''
     return f'{np.mean(v):.3f}' + (f' ± {np.std(v, ddof=1):.3f}' if len(v) > 1 else '')
 
@@ -628,7 +634,7 @@ def table1(rows:Sequence[Mapping], score:str='oracle.mae', # a score column with
         cells = []
         for s in strategies:
             v = _values(rows, s, t, score)
-            cells.append(f'{_pm(v)} ({len(v)})' if v else '')
+            cells.append(f'{mean_sd(v)} ({len(v)})' if v else '')
         if report: cells.append(' / '.join(map(str, REPORT_FID.get(t, ()))))
         lines.append(f'| {t} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

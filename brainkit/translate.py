@@ -29,8 +29,8 @@ from .baselines import Baseline, is_baseline, load_baseline
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'load_translator', 'translate_slices', 'translate_volume', 'provenance', 'sidecar_path', 'save_translation',
-           'open_input', 'translate_path']
+__all__ = ['log', 'load_translator', 'translate_slices', 'unresample', 'translate_volume', 'provenance', 'sidecar_path',
+           'save_translation', 'open_input', 'translate_path']
 
 # %% ../nbs/11_translate.ipynb #3d18e4d7
 def _baseline_translator(path:str|Path, direction:str) -> tuple[Baseline, dict]:
@@ -80,7 +80,7 @@ def translate_slices(G:nn.Module, # a generator in eval mode
     return translate_batch(G, torch.as_tensor(x, dtype=torch.float32), batch_size, progress).numpy()
 
 # %% ../nbs/11_translate.ipynb #e9652dba
-def _unresample(data:np.ndarray, shape:Sequence[int], ratio:Sequence[float]) -> np.ndarray:
+def unresample(data:np.ndarray, shape:Sequence[int], ratio:Sequence[float]) -> np.ndarray:
     "Linear interpolation from a `resample`d grid back onto the original grid of `shape` (the exact inverse mapping)."
     for ax in range(3):
         n, m, r = shape[ax], data.shape[ax], ratio[ax]
@@ -118,7 +118,7 @@ def _in_plane_sizes(hw:Sequence[int], info:dict, fit:str, plane:str, path) -> tu
 
 # %% ../nbs/11_translate.ipynb #29a7beb8
 def _denormalize(y:np.ndarray, info:dict, first:Normalizer, stats:dict) -> np.ndarray:
-    "The network's [-1, 1] on an intensity scale: the training targets' own, if their map was one for every volume, else the first input's."
+    "The network's [-1, 1] on an intensity scale: the training targets' own, if their map was one for every volume, else that of the input `first` (a residual model's: its estimate)."
     tn = Normalizer.from_dict(info['target_normalizer']) if info.get('target_normalizer') else None
     if tn is not None and tn.fixed_map:
         xp, fp = tn.segments(np.zeros(1))                 # (a fixed map: the same whatever the volume)
@@ -153,8 +153,9 @@ def translate_volume(G:nn.Module, info:dict, # from `load_translator`
     y[brain] = translate_slices(G, xp[brain], batch_size, progress)                   # ...except where there is brain
     y = CropPad((len(x), 1, *x.shape[2:]), sizes).invert(y, -1)[:, 0]                   # one output channel, whatever the inputs
     y = np.moveaxis(y, 0, ax)                                                          # back to (X, Y, Z) of the work grid
-    y = _denormalize(y, info, norms[0], normed[0][1]) if denormalize else y.astype(np.float32)
-    if info['spacing']: y = _unresample(y, vols[0].shape, np.asarray(work[0].spacing) / np.asarray(vols[0].spacing))
+    k = -1 if info['network'].get('residual') else 0                                    # a residual model: on its estimate's scale
+    y = _denormalize(y, info, norms[k], normed[k][1]) if denormalize else y.astype(np.float32)
+    if info['spacing']: y = unresample(y, vols[0].shape, np.asarray(work[0].spacing) / np.asarray(vols[0].spacing))
     background = 0.0 if denormalize else -1.0
     return vols[0].with_data(np.where(mask, y, np.float32(background)).astype(np.float32))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent/'brainkit'
 LAYERS = [['io', 'phantom'], ['viz', 'viewer'], ['preprocess'], ['data'], ['networks', 'losses', 'metrics'], ['train'],
-          ['gan'], ['segment', 'pix2pix', 'cyclegan'], ['baselines', 'translate'], ['strategies'],
+          ['gan'], ['segment', 'pix2pix', 'cyclegan'], ['baselines', 'translate'], ['strategies', 'progressive'],
           ['experiments', 'cli']]
 ORDER = [m for layer in LAYERS for m in layer]
 

@@ -382,4 +382,8 @@ def test_a_residual_pix2pix_corrects_a_previous_estimate_read_from_the_subjects_
     est, _ = Normalizer.from_dict(info['normalizers']['t2_prev']).apply(s['t2_prev'], brain_mask(s['t2_prev']))
     brain = brain_mask(s['t1'])
     assert np.abs(same.data[brain] - np.clip(est, -1, 1)[brain]).max() < 1e-5
+    back = translate_volume(G, info, {'t1': s['t1'], 't2_prev': s['t2_prev']})   # on the estimate's own intensity scale
+    inside = brain & (np.abs(est) < 1)                    # (the normalization clips the estimate's extremes)
+    rel = np.abs(back.data[inside] - s['t2_prev'].data[inside]) / np.abs(s['t2_prev'].data[brain]).max()
+    assert rel.max() < 1e-4, rel.max()
     with pytest.raises(ValueError, match='residual needs at least 2 sources'): Pix2PixConfig(**{**cfg, 'sources': ['t2_prev']})
