@@ -9,6 +9,7 @@ import tempfile as _tempfile
 os.environ.setdefault('BRAINKIT_CACHE', os.path.join(_tempfile.gettempdir(), 'brainkit-test-cache'))
 
 import gzip
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -152,12 +153,58 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-def brainkit_cli(*args, **kw):
-    "Run the `brainkit` command (quiet, one math thread) in a subprocess, as a user would."
-    import subprocess, sys
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    return subprocess.run([str(Path(sys.executable).parent/'brainkit'), '-q', *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600, **kw)
+EXE = Path(sys.executable).parent/'brainkit'   # the installed command, beside this interpreter
+ONE_THREAD = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+
+def run_main(argv, env=None, cwd=None):
+    """`brainkit.cli.main(argv)` in this process, as `subprocess.run([brainkit, *argv], capture_output=True, text=True)`
+    would see it: stdout and stderr captured (prints, progress bars, the command's log lines and Python warnings), the
+    exit status of `main` (argparse's exit, 1 and a traceback for an exception that escapes), one math thread, and
+    `env` and `cwd` set for the call only.
+
+    Starting a `brainkit` process costs 2-5 s of CPU (Python, torch and the parsers), and the tests start hundreds: so
+    the tests of what a command does run it here. The tests of the process itself (the installed entry point, a kill
+    with SIGKILL and the resume after it, distributed runs, sweeps' worker processes) start real processes."""
+    import contextlib, io, logging, subprocess, traceback, warnings
+    import torch
+    from brainkit.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    root, bk = logging.getLogger(), logging.getLogger('brainkit')
+    levels, handler = (root.level, bk.level), logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter('%(message)s'))   # as `main`'s logging.basicConfig in a fresh process
+    old_env, old_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None: os.chdir(cwd)
+        torch.set_num_threads(1)
+        root.addHandler(handler); root.setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter('default'); warnings.showwarning = show
+            try: code = main([str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if isinstance(e.code, str): print(e.code, file=err)
+            except BaseException:
+                traceback.print_exc(file=err); code = 1
+    finally:
+        root.removeHandler(handler); root.setLevel(levels[0]); bk.setLevel(levels[1])
+        torch.set_num_threads(threads)
+        os.chdir(old_cwd)
+        os.environ.clear(); os.environ.update(old_env)
+    return subprocess.CompletedProcess(['brainkit', *map(str, argv)], code or 0, out.getvalue(), err.getvalue())
+
+
+def brainkit_cli(*args, env=None, cwd=None, process=False, **kw):
+    """The `brainkit` command, quiet, with one math thread: in this process (`run_main`), or in a subprocess, as a
+    user starts it, with `process=True` (or any other `subprocess.run` keyword)."""
+    import subprocess
+    argv = ['-q', *map(str, args)]
+    if not process and not kw: return run_main(argv, {**ONE_THREAD, **(env or {})}, cwd)
+    return subprocess.run([str(EXE), *argv], capture_output=True, text=True, env={**os.environ, **ONE_THREAD, **(env or {})},
+                          cwd=cwd, timeout=600, **kw)
 
 
 def trained_run(factory, name:str, *argv) -> Path:

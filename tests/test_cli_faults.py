@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brainkit.io import samples_dir
-from conftest import trained_run
+from conftest import brainkit_cli, trained_run
 
 EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -17,7 +17,7 @@ SIDS = ('BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002')
 
 
 def brainkit(*args):
-    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
+    return brainkit_cli(*args)   # in this process (conftest.run_main)
 
 
 @pytest.fixture(scope='module')

@@ -12,13 +12,15 @@ from brainkit import train as T
 from brainkit.io import samples_dir
 from brainkit.segment import SegConfig
 
+from conftest import brainkit_cli
+
 EXE = Path(sys.executable).parent/'brainkit'
 TINY = ['--base', '4', '--depth', '3', '--size', '64', '--batch-size', '8', '--min-brain', '0.6']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 
 
 def brainkit(*args, **kw):
-    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def popen(*args):

@@ -14,6 +14,8 @@ from brainkit.io import label_regions, regions_to_labels
 from brainkit.segment import SegConfig, load_segmenter, segment_subject, train_segmentation
 from brainkit.train import CheckpointError
 
+from conftest import brainkit_cli
+
 EXE = Path(sys.executable).parent/'brainkit'
 # small enough for seconds per epoch on one core; augmentation on, so its randomness must resume exactly too
 TINY = ['--base', '4', '--depth', '3', '--size', '64', '--batch-size', '8', '--min-brain', '0.6']
@@ -21,7 +23,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}   # the sam
 
 
 def brainkit(*args, **kw):
-    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def history(run):

@@ -12,7 +12,7 @@ from brainkit.io import load_volume, samples_dir
 from brainkit.preprocess import brain_mask
 from brainkit.train import CheckpointError
 from brainkit.translate import load_translator, translate_path, translate_volume
-from conftest import trained_run
+from conftest import brainkit_cli, trained_run
 
 EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')   # (conftest.py)
 
 
 def brainkit(*args, **kw):
-    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def t1_of(sid=SID):

@@ -15,6 +15,8 @@ from brainkit.pix2pix import Pix2Pix, Pix2PixConfig, train_pix2pix
 from brainkit.train import CheckpointError, load_checkpoint, save_checkpoint
 from brainkit.translate import load_translator
 
+from conftest import brainkit_cli
+
 EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}   # the same arithmetic in every process
 for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'): ENV.pop(k, None)
@@ -42,7 +44,7 @@ def cli_args(cfg: dict) -> list[str]:
 
 
 def brainkit(*args, **kw):
-    return subprocess.run([str(EXE), '-q', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 @contextmanager
