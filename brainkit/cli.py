@@ -477,6 +477,7 @@ def _progressive_table(args) -> int:
     from brainkit.io import atomic_write_bytes
     from brainkit.progressive import progressive_report
     folder = Path(args.run_dir)
+    if not folder.is_dir(): raise BrainkitError(folder, "is not a folder", "give the sweep's folder (nbs/sweeps/progressive.yaml's: runs/progressive), or run the sweep first: brainkit sweep nbs/sweeps/progressive.yaml")
     runs, skipped = [], 0
     for m in sorted(folder.glob('*/out/metrics.json')):
         r = json.loads(m.read_text()) if run_status(m.parent.parent)['status'] == 'done' else None
@@ -577,24 +578,24 @@ def _experiment_commands(sub):
     s = sub.add_parser('progressive', help="progressive 2D volumetrization (chapter 16): `train` later stages, `apply` them to a dataset, `table RUN_DIR`")
     ss = s.add_subparsers(dest='action', required=True, metavar='ACTION')
     r = ss.add_parser('train', help="train (or reuse) a strategy's models and its later stages; print each stage's folder")
-    r.add_argument('--strategy', default='paired', help="the strategy whose last model is stage 1 (default paired)")
-    r.add_argument('--target', nargs='+', default=['t2'], help="target modalities (default t2)")
+    r.add_argument('--strategy', default='paired', help="the strategy whose last model is stage 1: hybrid, paired, unpaired or upper (default paired)")
+    r.add_argument('--target', nargs='+', default=['t2'], help="target modalities: t1ce, t2, flair (default t2)")
     r.add_argument('--order', default='ASC', help="the stages' planes by letter: A axial, S sagittal, C coronal (default ASC)")
     r.add_argument('--stages', type=_positive, default=3, help="how many stages, 1 to the order's length (default 3)")
     r.add_argument('--train-on', default='brats', choices=('brats', 'self'), help="later stages learn from BraTS pairs (ProvoGAN) or the strategy's own HCP outputs")
     r.add_argument('--seed', type=int, default=0, help='the training seed (default 0)')
     r.add_argument('--settings', default=None, help="""JSON, per kind over the quick settings, e.g. '{"pix2pix": {"epochs": 20}, "stage": {"lr": 0.0002}}'""")
     r.add_argument('--hcp', default=None, help='the HCP folder (default: the samples)'); r.add_argument('--brats', default=None, help='the BraTS folder (default: the samples)')
-    r.add_argument('--models-dir', default='runs/progressive/models', help='where models and stages are kept, and reused (default runs/progressive/models)')
-    r.add_argument('--device', default='auto')
+    r.add_argument('--models-dir', default='runs/strategies/models', help="where models and stages are kept, and reused (default runs/strategies/models: the main job's, so its stage 1 is reused)")
+    r.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default: CUDA when there is one)')
     r.set_defaults(func=_progressive_train)
     a = ss.add_parser('apply', help="refine a dataset of first-stage outputs (a strategy's dataset/) with later stages: OUT/stage2, OUT/stage3")
     a.add_argument('--input', required=True, help="a dataset with each subject's source and targets (e.g. runs/strategies/<run>/out/dataset)")
     a.add_argument('--models', nargs='+', required=True, help="the later stages' folders (brainkit progressive train prints them), stage 2 before stage 3")
     a.add_argument('--out', required=True, help='the folder for stage2/, stage3/')
-    a.add_argument('--device', default='auto'); a.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
+    a.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default: CUDA when there is one)'); a.add_argument('--batch-size', type=_positive, default=8, help='slices per forward pass (default 8)')
     a.set_defaults(func=_progressive_apply)
-    t = ss.add_parser('table', help="the stage tables (mean ± sd over seeds) of a sweep of run_progressive")
+    t = ss.add_parser('table', help="the stage tables (mean ± sd over seeds) of a sweep of run_progressive; writes (replaces) RUN_DIR/progressive.md and RUN_DIR/progressive.json")
     t.add_argument('run_dir', metavar='RUN_DIR', help="the sweep's folder (nbs/sweeps/progressive.yaml's: runs/progressive)")
     t.set_defaults(func=_progressive_table)
 

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
                      '--settings', json.dumps(TINY), '--models-dir', str(root/'models'), '--device', 'cpu')
     assert r.returncode == 0, r.stderr
     folders = [l.split(': ', 1)[1] for l in r.stdout.splitlines() if l.startswith('t2 stage')]
-    assert [Path(f).name[:8] for f in folders] == ['stage2AS', 'stage3AS'] and 'brainkit progressive apply' in r.stdout
+    assert [Path(f).name.split('_')[0] for f in folders] == ['stage2AS', 'stage3ASC'] and 'brainkit progressive apply' in r.stdout
     chain = Chain(ensure_models(models_needed(['paired'], ['t2']), root/'models', settings=TINY, device='cpu', progress=False), device='cpu')
     hcp = list(open_dataset(samples_dir('hcp')))[:3]
     ds = write_strategy_dataset(root/'paired', 'paired', hcp, chain, ['t2'], progress=False)
@@ -47,6 +47,9 @@ def test_apply_writes_one_brats_dataset_per_stage_in_the_inputs_space(trained, t
             assert np.array_equal(v.affine, v1.affine) and v.shape == v1.shape
             prov = json.loads(sidecar_path(s.path('t2')).read_text())
             assert [x['plane'] for x in prov['stages']] == ['sagittal', 'coronal'][:k - 1]
+            assert all(x['sources'] == ['t1', 't2_prev'] for x in prov['stages'])       # the source and the previous stage
+            prev = load_volume((tmp_path/f'stage{k - 1}' if k > 2 else Path(ds))/s.id/f'{s.id}_t2.nii.gz')
+            assert np.abs(v.data - prev.data).max() > 1e-3                               # each stage changed its input
     # the command's stage 3 is the library's: the staged chain on the same HCP brain gives the same volume
     staged = StagedChain(chain, {'t2': [Path(f) for f in folders]})
     from brainkit.strategies import get_strategy
@@ -81,7 +84,9 @@ def test_bad_orders_models_and_settings_are_clear_errors(trained, tmp_path):
     r = brainkit_cli('-q', 'progressive', 'train', '--settings', '{epochs: 2', '--models-dir', str(tmp_path))
     assert r.returncode == 1 and '--settings' in r.stderr and 'Fix:' in r.stderr
     r = brainkit_cli('-q', 'progressive', 'apply', '--input', str(ds), '--models', str(tmp_path/'nothing'), '--out', str(tmp_path/'o'))
-    assert r.returncode == 1 and 'nothing' in r.stderr
+    assert r.returncode == 1 and str(tmp_path/'nothing') in r.stderr and 'Fix:' in r.stderr
+    r = brainkit_cli('progressive', 'table', str(tmp_path/'no-such-sweep'))
+    assert r.returncode == 1 and 'is not a folder' in r.stderr and 'brainkit sweep' in r.stderr
     with pytest.raises(ProgressiveError, match='start the order with C'):
         train_stages('paired', ['t2'], 'ASC', 2, settings={'pix2pix': {'plane': 'coronal'}}, models_dir=tmp_path)
 
@@ -103,14 +108,18 @@ def test_a_sweep_of_progressive_runs_tables_every_stage(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     r = brainkit_cli('progressive', 'table', str(tmp_path/'runs'))
     assert r.returncode == 0, r.stderr
-    assert '| t2 oracle.mae ↓ | stage 1 | stage 2 | stage 3 |' in r.stdout and '| paired ASC, on brats |' in r.stdout
-    assert '| paired 3D U-Net (L1) |' in r.stdout
+    assert '| t2 oracle.mae ↓ | stage 1 | stage 2 | stage 3 |' in r.stdout
+    import re
+    row = next(l for l in r.stdout.splitlines() if l.startswith('| paired ASC, on brats |') and l.count('|') == 5)
+    assert len(re.findall(r'\d\.\d{3} \(1\)', row)) == 3, row                       # a number per stage, one seed each
+    row = next(l for l in r.stdout.splitlines() if l.startswith('| paired 3D U-Net (L1) |'))
+    assert len(re.findall(r'\d\.\d{3} \(1\)', row)) == 1, row                       # one stage only
     assert (tmp_path/'runs'/'progressive.md').read_text().strip() == r.stdout.strip()
     runs = {m['label']: m for m in (json.loads(p.read_text()) for p in (tmp_path/'runs').glob('*/out/metrics.json'))}
     m = runs['paired ASC, on brats']
     assert [Path(f).name for f in m['stage_models']['t2']] == [Path(f).name for f in folders]   # the trained stages, reused
     v = runs['paired 3D U-Net (L1)']
-    assert v['stages'] == 1 and v['stage1']['t2']['oracle']['mae'] > 0 and list(v['trained_seconds'])[0].startswith('volume3d_t1-t2')
+    assert v['stages'] == 1 and 0 < v['stage1']['t2']['oracle']['mae'] < 1 and list(v['trained_seconds'])[0].startswith('volume3d_t1-t2')
     out = next(p.parent for p in (tmp_path/'runs').glob('*/out/metrics.json') if 'baseline3d' in str(p))/'stage1'
     s = open_dataset(out)[0]
     prov = json.loads(sidecar_path(s.path('t2')).read_text())
