@@ -447,7 +447,7 @@ def _trained_seconds(folder:Path) -> float|None:
     try: return json.loads((folder/S.TRAINED).read_text())['seconds']
     except (OSError, ValueError, KeyError): return None
 
-def run_progressive(strategy:str='paired', # a built-in strategy ending in a learned model (`hybrid`, `paired`, `unpaired`, `upper`), or its steps as JSON
+def run_progressive(strategy:str='paired', # a built-in strategy (`hybrid`, `paired`, `unpaired`, `upper`; the classical `lookup` and `none` too, as baselines), or its steps as JSON
                     targets:Sequence[str]=('t2',), # the target modalities
                     order:str='ASC', # the stages' planes by letter (`stage_planes`): A axial, S sagittal, C coronal
                     stages:int=3, # how many stages (1: the strategy alone)
