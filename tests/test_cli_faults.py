@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 
 from brainkit.io import samples_dir
-from conftest import brainkit_cli, trained_run
+from conftest import EXE, trained_run, brainkit_cli as brainkit   # in this process (conftest.run_main)
 
-EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 TINY = ['--epochs', 1, '--epochs-decay', 0, '--base', 4, '--depth', 3, '--size', 64, '--batch-size', 8, '--min-brain', 0.6]
 SIDS = ('BraTS2021_90000', 'BraTS2021_90001', 'BraTS2021_90002')
 
-
-def brainkit(*args):
-    return brainkit_cli(*args)   # in this process (conftest.run_main)
 
 
 @pytest.fixture(scope='module')

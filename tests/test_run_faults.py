@@ -12,15 +12,11 @@ from brainkit import train as T
 from brainkit.io import samples_dir
 from brainkit.segment import SegConfig
 
-from conftest import brainkit_cli
+from conftest import EXE, brainkit_cli as brainkit   # in this process (conftest.run_main)
 
-EXE = Path(sys.executable).parent/'brainkit'
 TINY = ['--base', '4', '--depth', '3', '--size', '64', '--batch-size', '8', '--min-brain', '0.6']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 
-
-def brainkit(*args, **kw):
-    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def popen(*args):

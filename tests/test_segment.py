@@ -14,16 +14,12 @@ from brainkit.io import label_regions, regions_to_labels
 from brainkit.segment import SegConfig, load_segmenter, segment_subject, train_segmentation
 from brainkit.train import CheckpointError
 
-from conftest import brainkit_cli
+from conftest import EXE, brainkit_cli as brainkit   # in this process (conftest.run_main)
 
-EXE = Path(sys.executable).parent/'brainkit'
 # small enough for seconds per epoch on one core; augmentation on, so its randomness must resume exactly too
 TINY = ['--base', '4', '--depth', '3', '--size', '64', '--batch-size', '8', '--min-brain', '0.6']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}   # the same arithmetic in every process
 
-
-def brainkit(*args, **kw):
-    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def history(run):

@@ -12,9 +12,8 @@ from brainkit.io import load_volume, samples_dir
 from brainkit.preprocess import brain_mask
 from brainkit.train import CheckpointError
 from brainkit.translate import load_translator, translate_path, translate_volume
-from conftest import brainkit_cli, trained_run
+from conftest import EXE, trained_run, brainkit_cli as brainkit   # in this process (conftest.run_main)
 
-EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'): ENV.pop(k, None)
 TINY = ['--epochs', 1, '--epochs-decay', 0, '--size', 32, '--ngf', 4, '--ndf', 4, '--batch-size', 8, '--sample-every', 0,
@@ -24,9 +23,6 @@ SID = 'BraTS2021_90003'
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')   # (conftest.py)
 
-
-def brainkit(*args, **kw):
-    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 def t1_of(sid=SID):

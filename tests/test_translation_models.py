@@ -15,9 +15,8 @@ from brainkit.pix2pix import Pix2Pix, Pix2PixConfig, train_pix2pix
 from brainkit.train import CheckpointError, load_checkpoint, save_checkpoint
 from brainkit.translate import load_translator
 
-from conftest import brainkit_cli
+from conftest import EXE, brainkit_cli as brainkit   # in this process (conftest.run_main)
 
-EXE = Path(sys.executable).parent/'brainkit'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}   # the same arithmetic in every process
 for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'): ENV.pop(k, None)
 
@@ -42,9 +41,6 @@ def cli_args(cfg: dict) -> list[str]:
         else: out += [f'--{opt}', *(map(str, v) if isinstance(v, (list, tuple)) else [str(v)])]
     return out
 
-
-def brainkit(*args, **kw):
-    return brainkit_cli(*args, **kw)   # in this process (conftest.run_main)
 
 
 @contextmanager
